@@ -1,0 +1,122 @@
+"""Validate every answer before anything is written.
+
+On a bad answer this prints one line naming the value and what is allowed, and exits 1; cookiecutter
+then removes the half-made project directory.
+"""
+
+import importlib.util
+import keyword
+import re
+import shutil
+import sys
+
+ANSWERS = {
+    "project_name": {{ cookiecutter.project_name | tojson }},
+    "project_slug": {{ cookiecutter.project_slug | tojson }},
+    "package_name": {{ cookiecutter.package_name | tojson }},
+    "author_name": {{ cookiecutter.author_name | tojson }},
+    "author_email": {{ cookiecutter.author_email | tojson }},
+    "description": {{ cookiecutter.description | tojson }},
+    "training_backend": {{ cookiecutter.training_backend | tojson }},
+    "cluster": {{ cookiecutter.cluster | tojson }},
+    "slurm_account": {{ cookiecutter.slurm_account | tojson }},
+    "dvc_remote": {{ cookiecutter.dvc_remote | tojson }},
+    "dvc_remote_url": {{ cookiecutter.dvc_remote_url | tojson }},
+    "license": {{ cookiecutter.license | tojson }},
+}
+
+CHOICES = {
+    "training_backend": ["horovod", "torch_ddp"],
+    "cluster": ["lumi", "slurm", "kubernetes", "local"],
+    "dvc_remote": ["local", "s3"],
+    "license": ["MIT", "BSD-3-Clause", "Apache-2.0", "Proprietary"],
+}
+
+# Package names that would shadow a dependency or the standard library inside the project.
+RESERVED_PACKAGES = {
+    "dvc", "horovod", "matplotlib", "mlflow", "numpy", "pandas", "papermill", "sklearn",
+    "snakemake", "test", "tests", "torch", "workflow", *sys.stdlib_module_names,
+}
+
+SLUG = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+LUMI_ACCOUNT = re.compile(r"^project_\d{9}$")
+SLURM_ACCOUNT = re.compile(r"^[A-Za-z0-9_.-]+$")
+S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+UNSAFE_TEXT = re.compile(r'["\\\n\r\t{}]')
+
+
+def problems(answers):
+    """Yield one message per bad answer."""
+    for key, allowed in CHOICES.items():
+        if answers[key] not in allowed:
+            yield f"{key} '{answers[key]}' is not one of: {', '.join(allowed)}"
+
+    for key in ("project_name", "author_name", "description"):
+        value = answers[key]
+        if not value.strip():
+            yield f"{key} is empty: give a value"
+        elif UNSAFE_TEXT.search(value):
+            yield f"{key} '{value}' contains quotes, backslashes, braces or control characters: use plain text"
+
+    slug = answers["project_slug"]
+    if not SLUG.match(slug) or len(slug) > 64:
+        yield (
+            f"project_slug '{slug}' is not valid: use 1-64 lowercase letters, digits and single hyphens, "
+            "starting with a letter (e.g. 'digits-classifier')"
+        )
+
+    package = answers["package_name"]
+    if not PACKAGE.match(package) or keyword.iskeyword(package):
+        yield (
+            f"package_name '{package}' is not a valid Python package name: use lowercase letters, digits and "
+            "underscores, starting with a letter (e.g. 'digits_classifier')"
+        )
+    elif package in RESERVED_PACKAGES:
+        yield f"package_name '{package}' would shadow the Python module of the same name: choose another name"
+
+    if not EMAIL.match(answers["author_email"]):
+        yield f"author_email '{answers['author_email']}' is not an e-mail address (e.g. 'you@example.org')"
+
+    account, cluster = answers["slurm_account"], answers["cluster"]
+    if account:
+        if cluster == "lumi" and not LUMI_ACCOUNT.match(account):
+            yield (
+                f"slurm_account '{account}' is not a LUMI project account: use 'project_' followed by 9 digits "
+                "(e.g. 'project_465000001'), or leave it empty to use $SBATCH_ACCOUNT"
+            )
+        elif cluster == "slurm" and not SLURM_ACCOUNT.match(account):
+            yield f"slurm_account '{account}' is not a Slurm account name: use letters, digits, '_', '.', '-'"
+        elif cluster in ("kubernetes", "local"):
+            yield f"slurm_account '{account}' is only used with cluster lumi or slurm, not '{cluster}': leave it empty"
+
+    remote, url = answers["dvc_remote"], answers["dvc_remote_url"]
+    if remote == "s3" and url and not S3_URL.match(url):
+        yield f"dvc_remote_url '{url}' is not an S3 URL: use s3://<bucket>/<path> (lowercase bucket name)"
+    if remote == "local" and url and ("://" in url or not url.startswith(("/", "~"))):
+        yield f"dvc_remote_url '{url}' is not an absolute directory path (e.g. '/scratch/project_465000001/dvc')"
+
+
+def missing_tools():
+    """Generation runs git and DVC and writes the demo data from scikit-learn."""
+    if shutil.which("git") is None:
+        yield "git is not installed: install git (Debian: apt-get install git)"
+    for module, package in (("dvc", "dvc"), ("sklearn", "scikit-learn")):
+        if importlib.util.find_spec(module) is None:
+            yield (
+                f"Python package '{package}' is missing from the environment running cookiecutter "
+                f"({sys.executable}): pip install {package}"
+            )
+
+
+def main():
+    found = list(problems(ANSWERS)) or list(missing_tools())
+    if found:
+        for message in found:
+            print(f"ERROR: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+rule evaluate_model:
+    input:
+        model="results/model/model.pt",
+        test=f"{PROCESSED_DIR}/test.npz",
+        run=RUN_FILE,
+    output:
+        metrics="results/metrics.json",
+        table=report(
+            "results/metrics.html",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+        ),
+        confusion=report(
+            "results/plots/confusion_matrix.png",
+            caption="../report/confusion_matrix.rst",
+            category="Evaluation",
+        ),
+    params:
+        package=PACKAGE,
+    log:
+        "logs/evaluate_model.log",
+    message:
+        "Evaluating {input.model} on the held-out split"
+    shell:
+        "python -m {params.package}.evaluate --model {input.model} --test {input.test} "
+        "--metrics {output.metrics} --table {output.table} "
+        "--confusion-plot {output.confusion} --run-file {input.run} > {log} 2>&1"

@@ -1,0 +1,30 @@
+rule prepare_data:
+    input:
+        raw=RAW_DATA,
+        notebook=config["prepare"]["notebook"],
+        run=RUN_FILE,
+    output:
+        train=f"{PROCESSED_DIR}/train.npz",
+        test=f"{PROCESSED_DIR}/test.npz",
+        notebook=report(
+            "results/notebooks/prepare.ipynb",
+            caption="../report/notebook.rst",
+            category="Data",
+        ),
+        samples=report(
+            "results/plots/samples.png",
+            caption="../report/samples.rst",
+            category="Data",
+        ),
+    params:
+        test_fraction=config["prepare"]["test_fraction"],
+        seed=config["prepare"]["seed"],
+    log:
+        "logs/prepare_data.log",
+    message:
+        "Executing {input.notebook} with papermill"
+    shell:
+        "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook} "
+        "-p raw_path {input.raw} -p processed_dir {PROCESSED_DIR} "
+        "-p samples_plot {output.samples} -p run_file {input.run} "
+        "-p test_fraction {params.test_fraction} -p seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,46 @@
+"""Compose the training command line: launcher -> (container runtime) -> python -m <package>.train.
+
+This is the one place that decides how ranks are started. The launcher comes from the profile
+(`config: launcher`), the backend from config/config.yaml.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+LAUNCHERS = ("local", "srun")
+BACKENDS = ("horovod", "torch_ddp")
+
+
+def _check(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} '{value}' is not supported (allowed: {', '.join(allowed)})")
+
+
+def launcher_prefix(launcher: str, backend: str, processes: int) -> list[str]:
+    """The words that start `processes` ranks of the command that follows."""
+    _check("launcher", launcher, LAUNCHERS)
+    _check("backend", backend, BACKENDS)
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if launcher == "srun":
+        # Inside a Slurm allocation: srun starts one rank per task; rank, size and rendezvous come from SLURM_*.
+        return ["srun", f"--ntasks={processes}"]
+    if processes == 1:
+        return []
+    if backend == "horovod":
+        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo"]
+    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}"]
+
+
+def training_command(
+    *, launcher: str, backend: str, processes: int, package: str, args: Sequence[str]
+) -> str:
+    """A shell-quoted command line that trains with `processes` ranks."""
+    prefix = launcher_prefix(launcher, backend, processes)
+    if prefix[:1] == ["torchrun"]:
+        python = ["-m", f"{package}.train"]
+    else:
+        python = ["python", "-m", f"{package}.train"]
+    return shlex.join([*prefix, *python, "--backend", backend, *args])

@@ -1,0 +1,31 @@
+rule train_model:
+    input:
+        train=f"{PROCESSED_DIR}/train.npz",
+        run=RUN_FILE,
+    output:
+        model="results/model/model.pt",
+        history="results/model/history.json",
+    params:
+        command=lambda wildcards, input, output: training_command(
+            launcher=config["launcher"],
+            backend=config["train"]["backend"],
+            processes=config["train"]["processes"],
+            package=PACKAGE,
+            args=[
+                "--train",
+                input.train,
+                "--out-dir",
+                str(Path(output.model).parent),
+                "--run-file",
+                input.run,
+                "--params",
+                json.dumps(config["train"]["hyperparameters"], sort_keys=True),
+            ],
+        ),
+    threads: config["train"]["processes"]
+    log:
+        "logs/train_model.log",
+    message:
+        "Training with {config[train][backend]} on {config[train][processes]} process(es)"
+    shell:
+        "{params.command} > {log} 2>&1"

@@ -1,0 +1,139 @@
+"""Distributed training backends behind one small interface.
+
+A backend learns rank, size and rendezvous from the environment its launcher created:
+`horovodrun`/`mpirun`/`srun` for Horovod, `torchrun` or `srun` (SLURM_* variables) for torch DDP.
+Started without a launcher, both run as a single process.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import socket
+
+import torch
+from torch import nn
+
+BACKENDS = ("horovod", "torch_ddp")
+
+
+class Backend(abc.ABC):
+    name: str
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @abc.abstractmethod
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        """Make all ranks start from rank 0's weights and average gradients across ranks."""
+
+    @abc.abstractmethod
+    def allreduce_mean(self, value: float) -> float:
+        """Mean of a scalar over all ranks."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...
+
+    @staticmethod
+    def unwrap(model: nn.Module) -> nn.Module:
+        return getattr(model, "module", model)
+
+
+class HorovodBackend(Backend):
+    name = "horovod"
+
+    def __init__(self) -> None:
+        try:
+            import horovod.torch as hvd
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "training backend 'horovod' needs Horovod: run containers/horovod/build-horovod.sh "
+                "(or choose train.backend: torch_ddp in config/config.yaml)"
+            ) from error
+        self.hvd = hvd
+        hvd.init()
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+
+    def prepare(self, model, optimizer):
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        optimizer = hvd.DistributedOptimizer(
+            optimizer, named_parameters=model.named_parameters(), op=hvd.Average
+        )
+        return model, optimizer
+
+    def allreduce_mean(self, value: float) -> float:
+        return float(self.hvd.allreduce(torch.tensor(float(value)), op=self.hvd.Average).item())
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The torch.distributed variables, from torchrun's, Slurm's, or single-process defaults."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        env = {key: environ[key] for key in ("RANK", "WORLD_SIZE") if key in environ}
+        env["LOCAL_RANK"] = environ.get("LOCAL_RANK", "0")
+        env["LOCAL_WORLD_SIZE"] = environ.get("LOCAL_WORLD_SIZE", "1")
+    elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+        env = {
+            "RANK": environ["SLURM_PROCID"],
+            "WORLD_SIZE": environ["SLURM_NTASKS"],
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+        }
+    else:
+        env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    env["MASTER_ADDR"] = environ.get("MASTER_ADDR", "127.0.0.1")
+    env["MASTER_PORT"] = environ.get("MASTER_PORT") or str(
+        29500 if env["WORLD_SIZE"] != "1" else _free_port()
+    )
+    return env
+
+
+class TorchDDPBackend(Backend):
+    name = "torch_ddp"
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        env = ddp_environment(dict(os.environ))
+        os.environ.update(env)
+        self.rank, self.size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        self.local_rank, self.local_size = int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+    def prepare(self, model, optimizer):
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model), optimizer
+
+    def allreduce_mean(self, value: float) -> float:
+        tensor = torch.tensor(float(value))
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
+        return float(tensor.item()) / self.size
+
+    def shutdown(self) -> None:
+        self.dist.destroy_process_group()
+
+
+def create(name: str) -> Backend:
+    if name == "horovod":
+        return HorovodBackend()
+    if name == "torch_ddp":
+        return TorchDDPBackend()
+    raise ValueError(f"unknown training backend '{name}' (allowed: {', '.join(BACKENDS)})")
