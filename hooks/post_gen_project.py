@@ -36,6 +36,7 @@ VENDORED = [
     ("rules_lib/train.smk", "workflow/rules/train.smk"),
     ("rules_lib/evaluate.smk", "workflow/rules/evaluate.smk"),
     ("rules_lib/report", "workflow/report"),
+    ("rules_lib/envs", "workflow/envs"),
     ("rules_lib/smkml", "workflow/lib/smkml"),
     ("profiles", "profiles"),
     ("containers", "containers"),

@@ -1,20 +1,21 @@
-# Shared set-up for every rule module: paths from the config, the project's package on PYTHONPATH,
-# the MLflow store, and the launch helper. The including Snakefile defines PACKAGE.
+# Shared set-up for every rule module: paths from the config, the launch helper, and the environment
+# of every job (the project's src/ on PYTHONPATH, the MLflow store). The including Snakefile defines PACKAGE.
 import json
-import os
+import shlex
 import sys
 from pathlib import Path
-
 
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 from smkml.launch import training_command
 
-
-PROJECT_DIR = Path(workflow.basedir).parent
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(PROJECT_DIR / "src"), os.environ.get("PYTHONPATH")) if p
+# Jobs run in the project directory (braces doubled: Snakemake formats the prefix); an MLFLOW_TRACKING_URI set by the user wins over the config.
+shell.prefix(
+    "set -euo pipefail; "
+    'export PYTHONPATH="$PWD/src${{PYTHONPATH:+:$PYTHONPATH}}"; '
+    "export MLFLOW_TRACKING_URI=${{MLFLOW_TRACKING_URI:-"
+    + shlex.quote(config["tracking"]["uri"])
+    + "}}; "
 )
-os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
 
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]

@@ -15,10 +15,12 @@ rule evaluate_model:
             caption="../report/confusion_matrix.rst",
             category="Evaluation",
         ),
-    params:
-        package=PACKAGE,
     log:
         "logs/evaluate_model.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        package=PACKAGE,
     message:
         "Evaluating {input.model} on the held-out split"
     shell:

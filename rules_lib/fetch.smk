@@ -1,10 +1,12 @@
 rule fetch_data:
     input:
-        dvcfile=f"{RAW_DATA}.dvc",
+        dvcfile=local(f"{RAW_DATA}.dvc"),
     output:
         RAW_DATA,
     log:
         "logs/fetch_data.log",
+    conda:
+        "../envs/pipeline.yaml"
     message:
         "Pulling {output} from the DVC remote"
     shell:

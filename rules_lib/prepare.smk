@@ -1,7 +1,7 @@
 rule prepare_data:
     input:
         raw=RAW_DATA,
-        notebook=config["prepare"]["notebook"],
+        notebook=local(config["prepare"]["notebook"]),
         run=RUN_FILE,
     output:
         train=f"{PROCESSED_DIR}/train.npz",
@@ -16,15 +16,18 @@ rule prepare_data:
             caption="../report/samples.rst",
             category="Data",
         ),
-    params:
-        test_fraction=config["prepare"]["test_fraction"],
-        seed=config["prepare"]["seed"],
     log:
         "logs/prepare_data.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        processed_dir=lambda wildcards, output: Path(output.train).parent,
+        test_fraction=config["prepare"]["test_fraction"],
+        seed=config["prepare"]["seed"],
     message:
         "Executing {input.notebook} with papermill"
     shell:
         "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook} "
-        "-p raw_path {input.raw} -p processed_dir {PROCESSED_DIR} "
+        "-p raw_path {input.raw} -p processed_dir {params.processed_dir} "
         "-p samples_plot {output.samples} -p run_file {input.run} "
         "-p test_fraction {params.test_fraction} -p seed {params.seed} > {log} 2>&1"

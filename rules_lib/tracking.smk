@@ -1,12 +1,14 @@
 rule start_tracking:
     output:
         RUN_FILE,
+    log:
+        "logs/start_tracking.log",
+    conda:
+        "../envs/pipeline.yaml"
     params:
         experiment=config["tracking"]["experiment"],
         config=json.dumps(config, sort_keys=True),
         package=PACKAGE,
-    log:
-        "logs/start_tracking.log",
     message:
         "Creating the pipeline's MLflow run in experiment {params.experiment}"
     shell:

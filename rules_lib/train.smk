@@ -5,6 +5,11 @@ rule train_model:
     output:
         model="results/model/model.pt",
         history="results/model/history.json",
+    log:
+        "logs/train_model.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: config["train"]["processes"]
     params:
         command=lambda wildcards, input, output: training_command(
             launcher=config["launcher"],
@@ -22,9 +27,6 @@ rule train_model:
                 json.dumps(config["train"]["hyperparameters"], sort_keys=True),
             ],
         ),
-    threads: config["train"]["processes"]
-    log:
-        "logs/train_model.log",
     message:
         "Training with {config[train][backend]} on {config[train][processes]} process(es)"
     shell:

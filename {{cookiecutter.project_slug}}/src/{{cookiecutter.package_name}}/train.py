@@ -89,7 +89,7 @@ def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, p
             loss = loss_fn(logits, y)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         record = {

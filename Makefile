@@ -1,0 +1,51 @@
+# cookiecutter-snakemake-ml. Two commands on a fresh machine:
+#   make demo   create the environment, generate the demo project, run its whole pipeline locally
+#   make test   run the template's test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+DEMO_DIR ?= build/demo
+DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: demo test env system-deps docs bench clean
+
+demo: env
+	rm -rf $(DEMO_DIR)
+	mkdir -p $(DEMO_DIR)
+	cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	$(MAKE) --no-print-directory -C $(DEMO_PROJECT) run
+
+test: env
+	python -m pytest
+
+env: $(STAMP)
+
+$(STAMP): requirements/dev.txt {{cookiecutter.project_slug}}/requirements.lock containers/horovod/build-horovod.sh
+	$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements/dev.txt
+	bash containers/horovod/build-horovod.sh --python $(VENV)/bin/python
+	touch $@
+
+# Debian packages the environment needs: a C++ toolchain and MPI for Horovod, git for generated projects.
+SYSTEM_TOOLS := g++:g++ cmake:cmake mpicxx:libopenmpi-dev mpirun:openmpi-bin git:git
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "error: install these system packages first:$$missing" >&2; exit 1; fi; \
+	fi
+
+docs: env
+	mkdocs build --strict
+
+bench: env
+	python benchmarks/pipeline.py
+
+clean:
+	rm -rf build site

@@ -1,0 +1,86 @@
+"""Shared fixtures: generate projects from this template and run commands in them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The test interpreter's bin/ first on PATH, so snakemake, dvc, papermill and horovodrun resolve."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def run(command: list[str] | str, cwd: Path, check: bool = True, timeout: int = 600, **extra_env: str):
+    """Run a command; on failure the assertion shows its output."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=command_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        shell=isinstance(command, str),
+    )
+    if check:
+        assert result.returncode == 0, (
+            f"{command} failed ({result.returncode}) in {cwd}\n--- stdout\n{result.stdout[-6000:]}"
+            f"\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def generate(output_dir: Path, template: str | Path = TEMPLATE_DIR, **answers: str) -> Path:
+    """Generate a project without prompts; returns its directory."""
+    return Path(
+        cookiecutter(str(template), no_input=True, output_dir=str(output_dir), extra_context=answers)
+    )
+
+
+@pytest.fixture(scope="session")
+def template_dir() -> Path:
+    return TEMPLATE_DIR
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (moto's server mode) on 127.0.0.1 with one empty bucket."""
+    import socket
+    import time
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in credentials.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket="pipeline")
+            break
+        except Exception:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"moto server did not start on {endpoint}")
+    yield {"endpoint": endpoint, "bucket": "pipeline", "env": credentials}
+    process.terminate()
+    process.wait(timeout=10)

@@ -1,0 +1,164 @@
+"""Generate the template across option combinations and check each project as its user would.
+
+Coupled options (backend x cluster) are taken as a full product; the others are cycled over it,
+as cookiecutter-data-science does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tomllib
+
+import pytest
+import yaml
+
+from conftest import generate, run
+
+BACKENDS = ["horovod", "torch_ddp"]
+CLUSTERS = ["lumi", "slurm", "kubernetes", "local"]
+CYCLED = {
+    "dvc_remote": ["local", "s3"],
+    "license": ["MIT", "BSD-3-Clause", "Apache-2.0", "Proprietary"],
+}
+ACCOUNTS = {"lumi": "project_465000001", "slurm": "my_group"}
+
+
+def combinations():
+    for index, (backend, cluster) in enumerate(itertools.product(BACKENDS, CLUSTERS)):
+        answers = {"training_backend": backend, "cluster": cluster}
+        answers.update({key: values[index % len(values)] for key, values in CYCLED.items()})
+        if index % 2 == 0 and cluster in ACCOUNTS:
+            answers["slurm_account"] = ACCOUNTS[cluster]
+        answers["project_name"] = f"Combo {index} Study"
+        yield answers
+
+
+COMBINATIONS = list(combinations())
+
+
+def combo_id(answers):
+    return "-".join(answers[key] for key in ("training_backend", "cluster", "dvc_remote", "license"))
+
+
+@pytest.fixture(scope="module", params=COMBINATIONS, ids=combo_id)
+def project(request, tmp_path_factory):
+    answers = request.param
+    return answers, generate(tmp_path_factory.mktemp("gen"), **answers)
+
+
+REQUIRED_FILES = [
+    "README.md",
+    "Makefile",
+    "pyproject.toml",
+    "requirements.lock",
+    ".gitignore",
+    "workflow/Snakefile",
+    "workflow/rules/common.smk",
+    "workflow/rules/tracking.smk",
+    "workflow/rules/fetch.smk",
+    "workflow/rules/prepare.smk",
+    "workflow/rules/train.smk",
+    "workflow/rules/evaluate.smk",
+    "workflow/rules/VENDORED.md",
+    "workflow/lib/smkml/launch.py",
+    "workflow/envs/pipeline.yaml",
+    "workflow/report/workflow.rst",
+    "config/config.yaml",
+    "config/schemas/config.schema.yaml",
+    "notebooks/prepare.ipynb",
+    "profiles/local/config.yaml",
+    "profiles/lumi/config.yaml",
+    "profiles/slurm/config.yaml",
+    "profiles/kubernetes/config.yaml",
+    "containers/horovod/build-horovod.sh",
+    "data/raw/digits.csv.dvc",
+    "tests",
+]
+
+
+def test_layout_and_rendering(project):
+    answers, path = project
+    package = path.name.replace("-", "_")
+    assert path.name == answers["project_name"].lower().replace(" ", "-")
+    missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
+    assert not missing, f"missing from the generated project: {missing}"
+    for module in ("__init__", "data", "model", "backends", "train", "evaluate", "tracking"):
+        assert (path / "src" / package / f"{module}.py").is_file()
+    leftovers = [
+        str(file.relative_to(path))
+        for file in path.rglob("*")
+        if file.is_file() and ".git" not in file.parts and ("{{" in file.read_text(errors="ignore") or "{%" in file.read_text(errors="ignore"))
+    ]
+    assert not leftovers, f"unrendered template syntax in {leftovers}"
+
+
+def test_answers_reach_the_project(project):
+    answers, path = project
+    config = yaml.safe_load((path / "config/config.yaml").read_text())
+    assert config["train"]["backend"] == answers["training_backend"]
+    assert config["tracking"]["experiment"] == path.name
+    pyproject = tomllib.loads((path / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"]["text"] == answers["license"]
+    assert "snakemake==9.27.1" in pyproject["project"]["dependencies"]
+    assert answers["cluster"] in (path / "Makefile").read_text()
+    account = answers.get("slurm_account")
+    if account:
+        profile = yaml.safe_load((path / "profiles" / answers["cluster"] / "config.yaml").read_text())
+        assert profile["default-resources"]["slurm_account"] == account
+
+
+def test_git_and_dvc_state(project):
+    answers, path = project
+    assert run(["git", "status", "--porcelain"], path).stdout == ""
+    assert len(run(["git", "log", "--oneline"], path).stdout.splitlines()) == 1
+    tracked = run(["git", "ls-files"], path).stdout.split()
+    assert "data/raw/digits.csv.dvc" in tracked and "data/raw/digits.csv" not in tracked
+    remotes = run(["dvc", "remote", "list"], path).stdout
+    if answers["dvc_remote"] == "local":
+        remote = path.parent / f"{path.name}-dvc-remote"
+        assert str(remote) in remotes
+        assert any(remote.rglob("*")), "the data was not pushed to the local DVC remote"
+        # Like a fresh clone: the first pipeline step pulls the data.
+        assert not (path / "data/raw/digits.csv").exists()
+    else:
+        assert f"s3://{path.name}-data/dvc" in remotes
+        # No credentials in the test environment: nothing pushed, the data stays in the working tree.
+        assert (path / "data/raw/digits.csv").exists()
+
+
+def test_lint_and_format(project):
+    _, path = project
+    lint = run(["snakemake", "--lint"], path, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    run(["snakefmt", "--check", "workflow"], path)
+
+
+def test_project_unit_tests(project):
+    _, path = project
+    result = run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], path)
+    assert " passed" in result.stdout
+
+
+JOBS = ["start_tracking", "prepare_data", "train_model", "evaluate_model"]
+
+
+@pytest.mark.parametrize("profile", ["local", "lumi", "slurm"])
+def test_dry_run_under_profile(project, profile):
+    _, path = project
+    result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path)
+    for job in JOBS:
+        assert job in result.stdout
+
+
+def test_dry_run_under_kubernetes_profile(project, s3_server):
+    _, path = project
+    result = run(
+        ["snakemake", "-n", "--profile", "profiles/kubernetes", "--storage-s3-endpoint-url", s3_server["endpoint"]],
+        path,
+        SNAKEMAKE_S3_PREFIX=f"s3://{s3_server['bucket']}/{path.name}",
+        **s3_server["env"],
+    )
+    assert f"s3://{s3_server['bucket']}/{path.name}/results/metrics.json" in result.stdout
+    for job in JOBS:
+        assert job in result.stdout
