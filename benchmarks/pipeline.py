@@ -1,0 +1,608 @@
+"""Benchmark the demo project's pipeline on this machine: Snakemake against the same commands run plainly.
+
+    python benchmarks/pipeline.py [--repeats N] [--json PATH]      (`make bench` runs it)
+
+Generates the demo project once (cookiecutter defaults) in a temporary directory, then for each repeat:
+
+  A. cold Snakemake run: `snakemake --profile profiles/local` on the project as generation leaves it
+     (no data/raw/digits.csv, no DVC cache, no outputs, logs, .snakemake/ or MLflow store);
+  -  no-op rerun: the same command again on the finished project (it must print "Nothing to be done");
+  B. plain run: from the same fresh state, the identical shell commands the rules run, without Snakemake.
+
+The plain commands are not written down here: they come from Snakemake itself (`-n -p --forceall` for the
+command lines, `--d3dag` for the job graph, `--summary` for the outputs). They run through bash with the
+same prefix (the workflow's `shell.prefix`, evaluated with the effective config: PYTHONPATH=src,
+MLFLOW_TRACKING_URI) and the same per-job variables Snakemake sets (OMP_NUM_THREADS and friends = the job's
+threads, TMPDIR). By default independent jobs run concurrently within the profile's core budget, as
+Snakemake schedules them, so that the ratio measures Snakemake's overhead rather than its parallelism;
+`--sequential` runs one job at a time in DAG order instead.
+
+Each ratio is taken pair by pair (A over the B that follows it); the table gives median, min and max.
+It reports, it does not judge: missed targets still exit 0. A failing command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import queue
+import re
+import shlex
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+PROFILE = "profiles/local"
+SNAKEMAKE = ["snakemake", "--profile", PROFILE]
+# Everything a pipeline run creates; removing it returns the project to its state right after generation.
+FRESH_PATHS = [
+    "results",
+    "logs",
+    "data/processed",
+    ".snakemake",
+    "mlflow.db",
+    "mlruns",
+    "data/raw/digits.csv",
+    ".dvc/cache",
+]
+NOTHING_TO_DO = "Nothing to be done"
+TARGETS = {"pipeline": 60.0, "noop": 3.0, "ratio": 1.10}
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+class BenchmarkError(RuntimeError):
+    """A command failed or the project is not in the state the benchmark expects."""
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Environment and commands
+
+
+def base_environment() -> dict[str, str]:
+    """The caller's environment, with this interpreter's bin/ first on PATH (a venv's tools resolve) and no
+    MLFLOW_TRACKING_URI, so that every run uses the project's own store (which the reset removes)."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    parts = env.get("PATH", "").split(os.pathsep)
+    if parts[:1] != [bindir]:
+        env["PATH"] = os.pathsep.join([bindir, *parts])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def check_output(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchmarkError(
+            f"'{shlex.join(command)}' failed with exit code {result.returncode}:\n"
+            + "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        )
+    return result.stdout
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str]:
+    """Run a command with its output to `log`; return (seconds, output). Raise if it fails."""
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        rc = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - started
+    if rc != 0:
+        raise BenchmarkError(f"'{shlex.join(command)}' failed with exit code {rc}; log {log}:\n{tail(log)}")
+    return seconds, log.read_text(errors="replace")
+
+
+def merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def workflow_files(project: Path) -> tuple[Path, list[Path]]:
+    for candidate in ("workflow/Snakefile", "Snakefile", "workflow/snakefile", "snakefile"):
+        if (project / candidate).is_file():
+            snakefile = project / candidate
+            break
+    else:
+        raise BenchmarkError(f"no Snakefile in {project}")
+    others = sorted(p for p in snakefile.parent.rglob("*.smk") if p.is_file())
+    return snakefile, [snakefile, *others]
+
+
+def effective_config(project: Path, snakefile: Path, profile: dict) -> dict:
+    """config/config.yaml (the Snakefile's configfile) overlaid with the profile's `config:`."""
+    match = re.search(r"""^configfile:\s*["'](.+?)["']""", snakefile.read_text(), re.M)
+    config = yaml.safe_load((project / (match.group(1) if match else "config/config.yaml")).read_text()) or {}
+    overrides = profile.get("config") or {}
+    if isinstance(overrides, list):  # the `--config KEY=VALUE ...` form
+        overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in overrides)}
+    return merge(config, dict(overrides))
+
+
+def call_argument(text: str, opener: str) -> str | None:
+    """The source of the argument in the first `opener(...)` call in text (None if there is none)."""
+    start = text.find(opener)
+    if start < 0:
+        return None
+    start += len(opener)
+    for end in (i for i, ch in enumerate(text) if ch == ")" and i >= start):
+        candidate = text[start:end]
+        try:
+            ast.parse(f"({candidate})", mode="eval")
+        except SyntaxError:
+            continue
+        return f"({candidate.strip()})"
+    raise BenchmarkError(f"could not parse the argument of {opener}...)")
+
+
+def shell_prefix(files: list[Path], config: dict) -> str:
+    """The prefix Snakemake puts before every shell command: the workflow's shell.prefix, else its default."""
+    for path in files:
+        source = call_argument(path.read_text(), "shell.prefix(")
+        if source is None:
+            continue
+        try:
+            value = eval(source, {"config": config, "shlex": shlex, "json": json, "os": os})  # noqa: S307
+        except Exception as error:  # noqa: BLE001
+            raise BenchmarkError(f"could not evaluate shell.prefix({source}) in {path}: {error}") from error
+        # Snakemake formats the prefix; with no placeholders this only undoubles braces.
+        return string.Formatter().vformat(value, (), {"config": config})
+    return "set -euo pipefail;"
+
+
+def rule_threads(files: list[Path], config: dict, cores: int, profile: dict) -> dict[str, int]:
+    """threads per rule as Snakemake computes them (the rule's `threads:` capped at the cores); default 1."""
+    threads: dict[str, int] = {}
+    for path in files:
+        text = path.read_text()
+        rules = list(re.finditer(r"^(?:rule|checkpoint)\s+(\w+)\s*:", text, re.M))
+        for i, rule in enumerate(rules):
+            block = text[rule.end() : rules[i + 1].start() if i + 1 < len(rules) else len(text)]
+            block = re.split(r"^\S", block, maxsplit=1, flags=re.M)[0]
+            match = re.search(r"^\s+threads:\s*(.+?)\s*$", block, re.M)
+            if not match:
+                continue
+            try:
+                value = eval(match.group(1), {"config": config, "workflow": SimpleNamespace(cores=cores)})  # noqa: S307
+                threads[rule.group(1)] = int(value)
+            except Exception:  # noqa: BLE001
+                say(f"WARNING: could not evaluate threads of rule {rule.group(1)} ({match.group(1)}); assuming 1")
+    overrides = profile.get("set-threads") or {}
+    if isinstance(overrides, list):
+        overrides = dict(item.split("=", 1) for item in overrides)
+    threads.update({rule: int(n) for rule, n in overrides.items()})
+    return {rule: max(1, min(n, cores)) for rule, n in threads.items()}
+
+
+@dataclass
+class Job:
+    jobid: int
+    rule: str
+    command: str | None
+    threads: int
+    outputs: list[str]
+    depends: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]  # in a topological order
+    prefix: str
+    cores: int
+    tmpdir: str
+
+
+def dry_run_commands(text: str) -> dict[int, str | None]:
+    """{jobid: shell command (None for a job without one)} from `snakemake -n -p` output."""
+    commands: dict[int, str | None] = {}
+    current = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        match = re.match(r"^Job (\d+): ", line) or re.match(r"^\s+jobid: (\d+)\s*$", line)
+        if match:
+            current = int(match.group(1))
+        elif line.startswith("Shell command: ") and current is not None:
+            command = [line[len("Shell command: ") :]]
+            # A multi-line command goes on until the blank line that ends the job's block.
+            while (
+                command != ["None"]
+                and i + 1 < len(lines)
+                and lines[i + 1].strip()
+                and not re.match(r"^(Job stats:|\[\w{3} \w{3} )", lines[i + 1])
+            ):
+                i += 1
+                command.append(lines[i])
+            joined = "\n".join(command).strip()
+            commands[current] = None if joined == "None" else joined
+            current = None
+        i += 1
+    return commands
+
+
+def plan(project: Path, env: dict[str, str]) -> Plan:
+    """What Snakemake would run, taken from Snakemake itself, plus the environment it gives each job."""
+    profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text()) or {}
+    cores_setting = profile.get("cores", "all")
+    cores = cpu_count() if cores_setting in ("all", None) else int(cores_setting)
+    snakefile, files = workflow_files(project)
+    config = effective_config(project, snakefile, profile)
+
+    dag_text = check_output([*SNAKEMAKE, "--forceall", "--d3dag"], project, env)
+    dag = json.loads(dag_text[dag_text.index("{") :])
+    dry = check_output([*SNAKEMAKE, "--forceall", "--dry-run", "--printshellcmds"], project, env)
+    commands = dry_run_commands(dry)
+    summary = check_output([*SNAKEMAKE, "--forceall", "--summary"], project, env).splitlines()
+    header = summary[0].split("\t")
+    outputs: dict[str, list[str]] = {}
+    for row in summary[1:]:
+        cells = dict(zip(header, row.split("\t")))
+        if "rule" in cells and "output_file" in cells:
+            outputs.setdefault(cells["rule"], []).append(cells["output_file"])
+    threads = rule_threads(files, config, cores, profile)
+
+    jobs = {}
+    for node in dag["nodes"]:
+        jobid, rule = int(node["value"]["jobid"]), node["value"]["rule"]
+        command = commands.get(jobid)
+        if command is None and outputs.get(rule):
+            raise BenchmarkError(f"job {jobid} (rule {rule}) makes files but has no shell command to run plainly")
+        jobs[jobid] = Job(jobid, rule, command, threads.get(rule, 1), outputs.get(rule, []))
+    for edge in dag["edges"]:
+        jobs[int(edge["v"])].depends.add(int(edge["u"]))
+    missing = {j for j, cmd in commands.items() if cmd} - set(jobs)
+    if missing:
+        raise BenchmarkError(f"dry-run jobs {sorted(missing)} are not in the --d3dag graph")
+
+    ordered, done = [], set()
+    while len(ordered) < len(jobs):
+        ready = sorted(j for j in jobs if j not in done and jobs[j].depends <= done)
+        if not ready:
+            raise BenchmarkError("the job graph has a cycle")
+        ordered.append(jobs[ready[0]])
+        done.add(ready[0])
+    prefix = shell_prefix(files, config)
+    return Plan(ordered, prefix, cores, tempfile.gettempdir())
+
+
+def job_environment(env: dict[str, str], job: Job, tmpdir: str) -> dict[str, str]:
+    """What Snakemake's shell() adds for a job: the thread variables and the tmpdir resource."""
+    out = dict(env)
+    out.update({name: str(job.threads) for name in THREAD_VARIABLES})
+    out.update({name: tmpdir for name in ("TMPDIR", "TMP", "TEMP", "TEMPDIR")})
+    return out
+
+
+def redirect_targets(command: str) -> list[str]:
+    """Files a command's shell redirections write (its logs): Snakemake creates their directories."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    targets = []
+    for i, word in enumerate(words):
+        match = re.fullmatch(r"(?:\d|&)?>>?(.*)", word)
+        if match and not match.group(1).startswith("&"):
+            target = match.group(1) or (words[i + 1] if i + 1 < len(words) else "")
+            if target:
+                targets.append(target)
+    return targets
+
+
+def run_plain(project: Path, the_plan: Plan, env: dict[str, str], sequential: bool) -> tuple[float, dict[str, float]]:
+    """Run the planned commands without Snakemake; (wall seconds, {rule: seconds})."""
+    bash = shutil.which("bash") or "/bin/sh"
+    todo = [job for job in the_plan.jobs if job.command]
+    skipped = {job.jobid for job in the_plan.jobs if not job.command}
+    finished: queue.Queue = queue.Queue()
+    durations: dict[str, float] = {}
+    running: dict[int, tuple[subprocess.Popen, float]] = {}
+    done, failed = set(skipped), []
+    free = the_plan.cores
+
+    def start(job: Job) -> None:
+        for path in [*job.outputs, *redirect_targets(job.command)]:
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [bash, "-c", f"{the_plan.prefix} {job.command}".strip()],
+            cwd=project,
+            env=job_environment(env, job, the_plan.tmpdir),
+        )
+        running[job.jobid] = (proc, time.perf_counter())
+        threading.Thread(target=lambda: finished.put((job, proc.wait())), daemon=True).start()
+
+    started = time.perf_counter()
+    pending = list(todo)
+    while pending or running:
+        if not failed:
+            for job in list(pending):
+                need = min(job.threads, the_plan.cores)
+                if job.depends <= done and need <= free and (not sequential or not running):
+                    pending.remove(job)
+                    free -= need
+                    start(job)
+        if not running:
+            break
+        job, rc = finished.get()
+        _, job_started = running.pop(job.jobid)
+        durations[job.rule] = time.perf_counter() - job_started
+        free += min(job.threads, the_plan.cores)
+        if rc != 0:
+            failed.append((job, rc))
+        else:
+            done.add(job.jobid)
+    seconds = time.perf_counter() - started
+    if failed or pending:
+        job, rc = failed[0] if failed else (pending[0], None)
+        logs = "\n".join(f"--- {t}\n{tail(project / t)}" for t in redirect_targets(job.command or ""))
+        raise BenchmarkError(f"plain command of rule {job.rule} failed (exit code {rc}):\n{job.command}\n{logs}")
+    missing = [out for job in the_plan.jobs for out in job.outputs if not (project / out).exists()]
+    if missing:
+        raise BenchmarkError(f"the plain run did not make {missing}")
+    return seconds, durations
+
+
+# --------------------------------------------------------------------------------------------------
+# Project state
+
+
+def snapshot(project: Path) -> set[str]:
+    return {str(p.relative_to(project)) for p in project.rglob("*") if ".git" not in p.relative_to(project).parts[:1]}
+
+
+def reset(project: Path, pristine: set[str]) -> None:
+    """Back to the state right after generation: remove FRESH_PATHS and anything created since (caches)."""
+    for rel in FRESH_PATHS:
+        path = project / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for rel in sorted(snapshot(project) - pristine, key=len):
+        path = project / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    left = [rel for rel in FRESH_PATHS if (project / rel).exists()]
+    if left:
+        raise BenchmarkError(f"could not reset the project: {left} still exist")
+
+
+def generate(workdir: Path) -> Path:
+    from cookiecutter.main import cookiecutter
+
+    say(f"generating the demo project from {TEMPLATE_DIR} in {workdir}")
+    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
+    if (project / "data/raw/digits.csv").exists():
+        raise BenchmarkError("generation left data/raw/digits.csv in the working tree; expected it on the DVC remote")
+    return project
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info(env: dict[str, str]) -> dict:
+    model = ""
+    try:
+        model = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
+        )
+    except OSError:
+        pass
+    try:
+        snakemake_version = subprocess.run(
+            ["snakemake", "--version"], env=env, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        snakemake_version = "?"
+    return {
+        "nproc": cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "snakemake": snakemake_version,
+        "snakemake_path": shutil.which("snakemake", path=env["PATH"]),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def figure(name: str, samples: list[float], unit: str, target: float | None) -> dict:
+    median = statistics.median(samples)
+    return {
+        "name": name,
+        "unit": unit,
+        "samples": [round(s, 4) for s in samples],
+        "median": round(median, 4),
+        "min": round(min(samples), 4),
+        "max": round(max(samples), 4),
+        "target": target,
+        "pass": None if target is None else median <= target,
+    }
+
+
+def table(figures: list[dict]) -> str:
+    def fmt(value: float, unit: str) -> str:
+        return f"{value:.2f} s" if unit == "s" else f"{value:.3f}"
+
+    rows = [("figure", "median", "min", "max", "target", "result")]
+    for f in figures:
+        rows.append(
+            (
+                f["name"],
+                fmt(f["median"], f["unit"]),
+                fmt(f["min"], f["unit"]),
+                fmt(f["max"], f["unit"]),
+                "-" if f["target"] is None else "<= " + fmt(f["target"], f["unit"]),
+                "-" if f["pass"] is None else ("PASS" if f["pass"] else "FAIL"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of (Snakemake, plain) runs (default 3)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed plain runs first, to warm the OS caches (default 1)"
+    )
+    parser.add_argument(
+        "--sequential", action="store_true", help="plain run: one job at a time (default: Snakemake's concurrency)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated project and the run logs")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    env = base_environment()
+    machine = machine_info(env)
+    say(
+        f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), Python {machine['python']}, "
+        f"{machine['snakemake_path']} {machine['snakemake']}, load {machine['loadavg_start']}"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="smkml-bench-"))
+    logdir = workdir / "bench-logs"
+    logdir.mkdir()
+    ok = False
+    try:
+        project = generate(workdir)
+        pristine = snapshot(project)
+        the_plan = plan(project, env)
+        reset(project, pristine)
+        mode = "sequential" if args.sequential else f"concurrent within {the_plan.cores} core(s)"
+        say(f"plain run ({mode}), prefix: {the_plan.prefix}")
+        for job in the_plan.jobs:
+            if job.command:
+                say(f"  {job.rule} (threads {job.threads}, after {sorted(job.depends)}): {job.command}")
+
+        for n in range(args.warmup):
+            seconds, _ = run_plain(project, the_plan, env, args.sequential)
+            say(f"warm-up {n + 1}/{args.warmup}: plain run {seconds:.2f} s (not counted)")
+            reset(project, pristine)
+
+        pipeline, noop, plain, ratios, pairs = [], [], [], [], []
+        for n in range(1, args.repeats + 1):
+            cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
+            again, output = timed(SNAKEMAKE, project, env, logdir / f"snakemake-noop-{n}.log")
+            if NOTHING_TO_DO not in output:
+                raise BenchmarkError(
+                    f"the rerun on the finished project did something (no '{NOTHING_TO_DO}'):\n{tail(logdir / f'snakemake-noop-{n}.log')}"
+                )
+            reset(project, pristine)
+            bare, per_rule = run_plain(project, the_plan, env, args.sequential)
+            reset(project, pristine)
+            pipeline.append(cold)
+            noop.append(again)
+            plain.append(bare)
+            ratios.append(cold / bare)
+            pairs.append(
+                {"snakemake_s": round(cold, 4), "noop_s": round(again, 4), "plain_s": round(bare, 4),
+                 "ratio": round(cold / bare, 4), "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()}}
+            )
+            say(
+                f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
+                f"plain {bare:.2f} s, ratio {cold / bare:.3f}"
+            )
+
+        figures = [
+            figure("cold pipeline, snakemake", pipeline, "s", TARGETS["pipeline"]),
+            figure("no-op rerun, snakemake", noop, "s", TARGETS["noop"]),
+            figure("cold pipeline, plain commands", plain, "s", None),
+            figure("ratio snakemake/plain (per pair)", ratios, "x", TARGETS["ratio"]),
+        ]
+        machine["loadavg_end"] = list(os.getloadavg())
+        print()
+        print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
+        print(
+            f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
+            f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
+            f"{machine['loadavg_end'][0]:.2f}"
+        )
+        print(table(figures))
+        met = all(f["pass"] is not False for f in figures)
+        print("all targets met" if met else "some targets missed (reported, not enforced)")
+        if args.json:
+            result = {
+                "machine": machine,
+                "settings": {"repeats": args.repeats, "warmup": args.warmup, "plain_mode": mode,
+                             "profile": PROFILE, "template": str(TEMPLATE_DIR)},
+                "plain_commands": [
+                    {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
+                    for j in the_plan.jobs if j.command
+                ],
+                "shell_prefix": the_plan.prefix,
+                "figures": figures,
+                "pairs": pairs,
+                "all_targets_met": met,
+            }
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            say(f"wrote {args.json}")
+        ok = True
+        return 0
+    except BenchmarkError as error:
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"kept {workdir} (project and logs under bench-logs/)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
