@@ -484,7 +484,9 @@ def table(figures: list[dict]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -537,11 +539,10 @@ def main(argv: list[str] | None = None) -> int:
         pipeline, noop, plain, ratios, pairs = [], [], [], [], []
         for n in range(1, args.repeats + 1):
             cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
-            again, output = timed(SNAKEMAKE, project, env, logdir / f"snakemake-noop-{n}.log")
+            noop_log = logdir / f"snakemake-noop-{n}.log"
+            again, output = timed(SNAKEMAKE, project, env, noop_log)
             if NOTHING_TO_DO not in output:
-                raise BenchmarkError(
-                    f"the rerun on the finished project did something (no '{NOTHING_TO_DO}'):\n{tail(logdir / f'snakemake-noop-{n}.log')}"
-                )
+                raise BenchmarkError(f"the rerun did something (no '{NOTHING_TO_DO}'):\n{tail(noop_log)}")
             reset(project, pristine)
             bare, per_rule = run_plain(project, the_plan, env, args.sequential)
             reset(project, pristine)
@@ -550,8 +551,13 @@ def main(argv: list[str] | None = None) -> int:
             plain.append(bare)
             ratios.append(cold / bare)
             pairs.append(
-                {"snakemake_s": round(cold, 4), "noop_s": round(again, 4), "plain_s": round(bare, 4),
-                 "ratio": round(cold / bare, 4), "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()}}
+                {
+                    "snakemake_s": round(cold, 4),
+                    "noop_s": round(again, 4),
+                    "plain_s": round(bare, 4),
+                    "ratio": round(cold / bare, 4),
+                    "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()},
+                }
             )
             say(
                 f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
@@ -578,11 +584,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             result = {
                 "machine": machine,
-                "settings": {"repeats": args.repeats, "warmup": args.warmup, "plain_mode": mode,
-                             "profile": PROFILE, "template": str(TEMPLATE_DIR)},
+                "settings": {
+                    "repeats": args.repeats,
+                    "warmup": args.warmup,
+                    "plain_mode": mode,
+                    "profile": PROFILE,
+                    "template": str(TEMPLATE_DIR),
+                },
                 "plain_commands": [
                     {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
-                    for j in the_plan.jobs if j.command
+                    for j in the_plan.jobs
+                    if j.command
                 ],
                 "shell_prefix": the_plan.prefix,
                 "figures": figures,

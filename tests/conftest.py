@@ -49,6 +49,11 @@ def generate(output_dir: Path, template: str | Path = TEMPLATE_DIR, **answers: s
     )
 
 
+def pytest_configure(config):
+    """pytest-cookies bakes this template, wherever pytest is started from."""
+    config.option.template = str(TEMPLATE_DIR)
+
+
 @pytest.fixture(scope="session")
 def template_dir() -> Path:
     return TEMPLATE_DIR

@@ -13,7 +13,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import generate, run
+from conftest import run
 
 BACKENDS = ["horovod", "torch_ddp"]
 CLUSTERS = ["lumi", "slurm", "kubernetes", "local"]
@@ -46,9 +46,11 @@ def combo_id(answers):
 
 
 @pytest.fixture(scope="module", params=COMBINATIONS, ids=combo_id)
-def project(request, tmp_path_factory):
+def project(request, cookies_session):
     answers = request.param
-    return answers, generate(tmp_path_factory.mktemp("gen"), **answers)
+    result = cookies_session.bake(extra_context=answers)
+    assert result.exit_code == 0 and result.exception is None, result.exception
+    return answers, result.project_path
 
 
 REQUIRED_FILES = [
