@@ -14,7 +14,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 demo: env
 	rm -rf $(DEMO_DIR)
 	mkdir -p $(DEMO_DIR)
-	cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	cookiecutter --no-input --output-dir $(DEMO_DIR) $(CURDIR)
 	$(MAKE) --no-print-directory -C $(DEMO_PROJECT) run
 
 test: env

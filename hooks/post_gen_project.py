@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEMPLATE_DIR = Path({{ cookiecutter._repo_dir | tojson }})
 PROJECT_DIR = Path.cwd()
+REPO_DIR = {{ cookiecutter._repo_dir | tojson }}
 PACKAGE = {{ cookiecutter.package_name | tojson }}
 SLUG = {{ cookiecutter.project_slug | tojson }}
 CLUSTER = {{ cookiecutter.cluster | tojson }}
@@ -41,6 +41,25 @@ VENDORED = [
     ("profiles", "profiles"),
     ("containers", "containers"),
 ]
+
+
+def template_dir():
+    """The template checkout (a git URL is cloned by cookiecutter first).
+
+    A relative path, as in `cookiecutter .`, is relative to where cookiecutter was started. Cookiecutter runs
+    this hook from inside the template directory, so on Linux its working directory tells where that is.
+    """
+    path = Path(REPO_DIR).expanduser()
+    if path.is_absolute():
+        return path
+    candidates = [Path(f"/proc/{os.getppid()}/cwd"), Path(os.environ.get("PWD", ".")) / path]
+    for candidate in candidates:
+        if (candidate / "cookiecutter.json").is_file() and (candidate / "rules_lib").is_dir():
+            return candidate.resolve()
+    sys.exit(f"ERROR: cannot find the template directory '{REPO_DIR}': give the template as an absolute path")
+
+
+TEMPLATE_DIR = template_dir()
 
 
 def step(message):

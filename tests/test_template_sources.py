@@ -33,6 +33,13 @@ def test_template_given_as_git_url(tmp_path):
     run(["snakemake", "-n", "--profile", "profiles/local"], project)
 
 
+def test_template_given_as_relative_path(tmp_path):
+    """`cookiecutter .` from the template checkout, as `make demo` and users do."""
+    result = run(["cookiecutter", "--no-input", "--output-dir", str(tmp_path), "."], TEMPLATE_DIR)
+    assert "vendored" in result.stdout
+    assert (tmp_path / "digits-classifier/workflow/rules/common.smk").is_file()
+
+
 PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz", "--params", '{"epochs": 3}'])
 
 
