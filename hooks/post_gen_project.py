@@ -105,13 +105,13 @@ def vendor():
 
 
 def set_account(account):
-    """Write the Slurm account into the cluster profile's default resources."""
-    profile = PROJECT_DIR / "profiles" / CLUSTER / "config.yaml"
-    text = profile.read_text()
-    marker = "default-resources:\n"
+    """Write the Slurm account into the cluster description the profile uses."""
+    description = PROJECT_DIR / "profiles" / CLUSTER / "cluster.yaml"
+    text = description.read_text()
+    marker = '  value: ""'
     if marker not in text:
-        sys.exit(f"ERROR: {profile} has no 'default-resources:' section to put the account in")
-    profile.write_text(text.replace(marker, f"{marker}  slurm_account: {account}\n", 1))
+        sys.exit(f"ERROR: {description} has no empty 'account: value:' to put the account in")
+    description.write_text(text.replace(marker, f"  value: {account}", 1))
 
 
 def remote_url():

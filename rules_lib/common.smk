@@ -1,11 +1,13 @@
 # Shared set-up for every rule module: paths from the config, the launch helper, and the environment
 # of every job (the project's src/ on PYTHONPATH, the MLflow store). The including Snakefile defines PACKAGE.
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
+from smkml import resources as vocabulary
 from smkml.launch import training_command
 
 # Jobs run in the project directory (braces doubled: Snakemake formats the prefix); an MLFLOW_TRACKING_URI set by the user wins over the config.
@@ -20,3 +22,24 @@ shell.prefix(
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]
 RUN_FILE = "results/mlflow/run.json"
+
+# The cluster description the profile names (`config: cluster: lumi`); none when running locally.
+# Bad requests (account, partition, GPUs, runtime) stop the run here, before anything is submitted.
+CLUSTER = vocabulary.load_cluster(
+    config.get("cluster"), Path(workflow.basedir).parent / "profiles"
+)
+SLURM_ACCOUNT = vocabulary.account(CLUSTER) if CLUSTER else ""
+
+# step_resources("rule", tasks=N): what a rule needs (config `resources:`), in the scheduler's terms.
+step_resources = functools.partial(
+    vocabulary.scheduler_resources, config, CLUSTER, SLURM_ACCOUNT
+)
+
+
+# Training ranks: one per GPU on a cluster (resources.train_model gpus x nodes), else train.processes.
+TRAIN_NEEDS = vocabulary.step_needs(config, "train_model")
+TRAIN_RANKS = (
+    vocabulary.ranks(TRAIN_NEEDS, config["train"]["processes"])
+    if CLUSTER
+    else config["train"]["processes"]
+)

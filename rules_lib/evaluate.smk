@@ -19,6 +19,8 @@ rule evaluate_model:
         "logs/evaluate_model.log",
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **step_resources("evaluate_model"),
     params:
         package=PACKAGE,
     message:

@@ -7,6 +7,8 @@ rule fetch_data:
         "logs/fetch_data.log",
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **step_resources("fetch_data"),
     message:
         "Pulling {output} from the DVC remote"
     shell:

@@ -20,6 +20,8 @@ rule prepare_data:
         "logs/prepare_data.log",
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **step_resources("prepare_data"),
     params:
         processed_dir=lambda wildcards, output: Path(output.train).parent,
         test_fraction=config["prepare"]["test_fraction"],

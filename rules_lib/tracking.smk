@@ -5,6 +5,8 @@ rule start_tracking:
         "logs/start_tracking.log",
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **step_resources("start_tracking"),
     params:
         experiment=config["tracking"]["experiment"],
         config=json.dumps(config, sort_keys=True),

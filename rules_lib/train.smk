@@ -10,12 +10,16 @@ rule train_model:
     conda:
         "../envs/pipeline.yaml"
     threads: config["train"]["processes"]
+    resources:
+        **step_resources("train_model", tasks=TRAIN_RANKS),
     params:
+        ranks=TRAIN_RANKS,
         command=lambda wildcards, input, output: training_command(
             launcher=config["launcher"],
             backend=config["train"]["backend"],
-            processes=config["train"]["processes"],
+            processes=TRAIN_RANKS,
             package=PACKAGE,
+            launcher_options=vocabulary.srun_options(TRAIN_NEEDS, CLUSTER),
             args=[
                 "--train",
                 input.train,
@@ -28,6 +32,6 @@ rule train_model:
             ],
         ),
     message:
-        "Training with {config[train][backend]} on {config[train][processes]} process(es)"
+        "Training with {config[train][backend]} on {params.ranks} rank(s)"
     shell:
         "{params.command} > {log} 2>&1"

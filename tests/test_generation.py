@@ -110,8 +110,8 @@ def test_answers_reach_the_project(project):
     assert answers["cluster"] in (path / "Makefile").read_text()
     account = answers.get("slurm_account")
     if account:
-        profile = yaml.safe_load((path / "profiles" / answers["cluster"] / "config.yaml").read_text())
-        assert profile["default-resources"]["slurm_account"] == account
+        cluster = yaml.safe_load((path / "profiles" / answers["cluster"] / "cluster.yaml").read_text())
+        assert cluster["account"]["value"] == account
 
 
 def test_git_and_dvc_state(project):
@@ -152,9 +152,26 @@ JOBS = ["start_tracking", "prepare_data", "train_model", "evaluate_model"]
 @pytest.mark.parametrize("profile", ["local", "lumi", "slurm"])
 def test_dry_run_under_profile(project, profile):
     _, path = project
-    result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path)
+    result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path, SBATCH_ACCOUNT="project_465000001")
     for job in JOBS:
         assert job in result.stdout
+
+
+def test_profiles_installed_for_snakemake_profile_name(project, tmp_path):
+    """`snakemake --profile lumi` as users type it, after installing the profiles; the path form works too."""
+    _, path = project
+    config_home = tmp_path / "xdg"
+    installed = run(["python", "workflow/lib/smkml/install_profiles.py", "--dest", str(config_home / "snakemake")], path)
+    assert "snakemake --profile lumi" in installed.stdout
+    for name in ("lumi", "slurm", "kubernetes", "local"):
+        assert (config_home / "snakemake" / name / "config.yaml").is_file()
+    by_name = run(["snakemake", "-n", "--profile", "lumi"], path, XDG_CONFIG_HOME=str(config_home), SBATCH_ACCOUNT="project_465000001")
+    assert "train_model" in by_name.stdout and "Using profile lumi" in by_name.stderr + by_name.stdout
+    # A different profile already installed is not overwritten without --force.
+    (config_home / "snakemake/lumi/config.yaml").write_text("executor: slurm\n")
+    clash = run(["python", "workflow/lib/smkml/install_profiles.py", "--dest", str(config_home / "snakemake")], path, check=False)
+    assert clash.returncode != 0 and "--force" in clash.stderr
+    assert (config_home / "snakemake/lumi/config.yaml").read_text() == "executor: slurm\n"
 
 
 def test_dry_run_under_kubernetes_profile(project, s3_server):

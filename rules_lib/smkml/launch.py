@@ -18,15 +18,15 @@ def _check(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} '{value}' is not supported (allowed: {', '.join(allowed)})")
 
 
-def launcher_prefix(launcher: str, backend: str, processes: int) -> list[str]:
-    """The words that start `processes` ranks of the command that follows."""
+def launcher_prefix(launcher: str, backend: str, processes: int, options: Sequence[str] = ()) -> list[str]:
+    """The words that start `processes` ranks of the command that follows (`options`: extra srun options)."""
     _check("launcher", launcher, LAUNCHERS)
     _check("backend", backend, BACKENDS)
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
     if launcher == "srun":
         # Inside a Slurm allocation: srun starts one rank per task; rank, size and rendezvous come from SLURM_*.
-        return ["srun", f"--ntasks={processes}"]
+        return ["srun", f"--ntasks={processes}", *options]
     if processes == 1:
         return []
     if backend == "horovod":
@@ -35,10 +35,16 @@ def launcher_prefix(launcher: str, backend: str, processes: int) -> list[str]:
 
 
 def training_command(
-    *, launcher: str, backend: str, processes: int, package: str, args: Sequence[str]
+    *,
+    launcher: str,
+    backend: str,
+    processes: int,
+    package: str,
+    args: Sequence[str],
+    launcher_options: Sequence[str] = (),
 ) -> str:
     """A shell-quoted command line that trains with `processes` ranks."""
-    prefix = launcher_prefix(launcher, backend, processes)
+    prefix = launcher_prefix(launcher, backend, processes, launcher_options)
     if prefix[:1] == ["torchrun"]:
         python = ["-m", f"{package}.train"]
     else:

@@ -1,0 +1,161 @@
+"""One resource vocabulary for every step, mapped once per backend.
+
+Steps state what they need in `config/config.yaml` under `resources:` (`default` plus one entry per rule):
+
+    cpus      CPU cores per task
+    mem_mb    memory per node for CPU steps (MB)
+    runtime   wall-clock limit (minutes)
+    gpus      GPUs per node (0: CPU only)
+    nodes     nodes (GPU training only)
+    partition optional: a partition by name instead of the cluster's choice
+
+A cluster profile names a cluster description, `profiles/<cluster>/cluster.yaml`, which says how this vocabulary
+maps to that cluster's Slurm (partitions and their limits, GPU request style, CPU binding, account format).
+`slurm_resources` is the one function that does the mapping; everything it rejects is rejected while the workflow
+is parsed, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+VOCABULARY = ("cpus", "mem_mb", "runtime", "gpus", "nodes", "partition")
+
+
+class ResourceError(ValueError):
+    """A resource request that the cluster cannot satisfy, named with what is allowed."""
+
+
+def step_needs(config: dict, rule: str) -> dict:
+    """The merged request of one rule: `resources.default` overridden by `resources.<rule>`."""
+    table = config.get("resources", {})
+    needs = {"cpus": 1, "mem_mb": 1000, "runtime": 30, "gpus": 0, "nodes": 1, **table.get("default", {})}
+    needs.update(table.get(rule, {}))
+    unknown = sorted(set(needs) - set(VOCABULARY))
+    if unknown:
+        raise ResourceError(f"resources.{rule}: unknown key(s) {unknown} (allowed: {', '.join(VOCABULARY)})")
+    return needs
+
+
+def load_cluster(name: str | None, profiles_dir: Path) -> dict | None:
+    """The cluster description a profile names (config key `cluster`); None runs locally."""
+    if not name:
+        return None
+    path = Path(profiles_dir) / name / "cluster.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in Path(profiles_dir).glob("*/cluster.yaml"))
+        raise ResourceError(f"cluster '{name}' has no description {path} (known clusters: {', '.join(known)})")
+    cluster = yaml.safe_load(path.read_text())
+    cluster.setdefault("name", name)
+    return cluster
+
+
+def account(cluster: dict, environ: dict | None = None) -> str:
+    """The Slurm account: the cluster description's `account.value`, else $SBATCH_ACCOUNT; checked for format."""
+    environ = os.environ if environ is None else environ
+    spec = cluster.get("account", {})
+    variable = spec.get("env", "SBATCH_ACCOUNT")
+    value = spec.get("value") or environ.get(variable, "")
+    pattern = spec.get("pattern")
+    example = spec.get("example", "")
+    where = f"set account.value in profiles/{cluster['name']}/cluster.yaml or ${variable}"
+    if not value:
+        if spec.get("required", True):
+            raise ResourceError(f"no Slurm account for {cluster['name']}: {where} (e.g. {example})")
+        return ""
+    if pattern and not re.fullmatch(pattern, value):
+        raise ResourceError(
+            f"Slurm account '{value}' does not match {cluster['name']}'s account format {pattern} (e.g. {example}): {where}"
+        )
+    return value
+
+
+def choose_partition(needs: dict, cluster: dict) -> str:
+    partitions = cluster["partitions"]
+    if needs.get("partition"):
+        name = needs["partition"]
+    elif needs["gpus"] and needs["nodes"] > 1:
+        name = cluster["choose"]["multi_node_gpu"]
+    elif needs["gpus"]:
+        name = cluster["choose"]["gpu"]
+    else:
+        name = cluster["choose"]["cpu"]
+    if name not in partitions:
+        raise ResourceError(
+            f"partition '{name}' is not a partition of {cluster['name']} (allowed: {', '.join(partitions)})"
+        )
+    return name
+
+
+def check_limits(rule: str, needs: dict, partition: str, cluster: dict) -> None:
+    limits = cluster["partitions"][partition]
+    gpus_per_node = limits.get("gpus_per_node", 0)
+    if needs["gpus"] and not gpus_per_node:
+        gpu_partitions = [name for name, spec in cluster["partitions"].items() if spec.get("gpus_per_node")]
+        raise ResourceError(
+            f"{rule}: {needs['gpus']} GPU(s) requested on partition '{partition}', which has no GPUs "
+            f"(GPU partitions: {', '.join(gpu_partitions)})"
+        )
+    if needs["gpus"] > gpus_per_node:
+        raise ResourceError(f"{rule}: {needs['gpus']} GPUs per node requested; '{partition}' nodes have {gpus_per_node}")
+    max_runtime = limits.get("max_runtime")
+    if max_runtime and needs["runtime"] > max_runtime:
+        raise ResourceError(
+            f"{rule}: runtime {needs['runtime']} min is over the {max_runtime} min limit of partition '{partition}'"
+        )
+    max_nodes = limits.get("max_nodes")
+    if max_nodes and needs["nodes"] > max_nodes:
+        raise ResourceError(f"{rule}: {needs['nodes']} nodes requested; partition '{partition}' allows {max_nodes}")
+
+
+def ranks(needs: dict, processes: int) -> int:
+    """Training ranks: one per GPU, or `processes` CPU ranks on one node."""
+    return needs["gpus"] * needs["nodes"] if needs["gpus"] else processes
+
+
+def slurm_resources(rule: str, needs: dict, cluster: dict, slurm_account: str, tasks: int = 1) -> dict:
+    """Resources for snakemake-executor-plugin-slurm. `tasks` > 1 marks a step that launches its own ranks."""
+    partition = choose_partition(needs, cluster)
+    check_limits(rule, needs, partition, cluster)
+    resources = {"slurm_partition": partition, "runtime": int(needs["runtime"])}
+    if slurm_account:
+        resources["slurm_account"] = slurm_account
+    if needs["gpus"]:
+        gpu = cluster["gpu"]
+        extra = [f"--gpus-per-node={needs['gpus']}"] if gpu["request"] == "gpus-per-node" else [f"--gres=gpu:{needs['gpus']}"]
+        if gpu.get("mem_per_gpu"):
+            extra.append(f"--mem-per-gpu={gpu['mem_per_gpu']}")
+        resources.update(
+            nodes=int(needs["nodes"]),
+            tasks_per_node=int(needs["gpus"]),
+            cpus_per_task=int(gpu.get("cpus_per_gpu", needs["cpus"])),
+            mem_mb=0,  # memory comes per GPU (--mem-per-gpu); --mem would conflict
+            slurm_extra=" ".join(extra),
+            mpi="srun",
+        )
+    else:
+        resources.update(cpus_per_task=int(needs["cpus"]), mem_mb=int(needs["mem_mb"]))
+        if tasks > 1:
+            resources.update(nodes=1, tasks=int(tasks), mpi="srun")
+    return resources
+
+
+def srun_options(needs: dict, cluster: dict | None) -> list[str]:
+    """Options for the srun that starts training ranks inside the allocation (LUMI: the CPU-binding mask)."""
+    if cluster is None:
+        return []
+    binding = cluster.get("gpu", {}).get("cpu_bind") if needs["gpus"] else None
+    full_node = needs["gpus"] == cluster["partitions"][choose_partition(needs, cluster)].get("gpus_per_node")
+    return [f"--cpu-bind={binding}"] if binding and full_node else []
+
+
+def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:
+    """A rule's resources for the executor in use: Slurm's through `slurm_resources`, else runtime and memory."""
+    needs = step_needs(config, rule)
+    if cluster is None:
+        return {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"])}
+    return slurm_resources(rule, needs, cluster, slurm_account, tasks)

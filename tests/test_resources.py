@@ -1,0 +1,144 @@
+"""The resource vocabulary mapped to Slurm: golden resource sets, launch lines and clear errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import TEMPLATE_DIR
+
+sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib"))
+from smkml import resources  # noqa: E402
+from smkml.launch import training_command  # noqa: E402
+
+PROFILES = TEMPLATE_DIR / "profiles"
+ACCOUNT = "project_465000001"
+LUMI_MASK = (
+    "mask_cpu:0x00fe000000000000,0xfe00000000000000,0x0000000000fe0000,0x00000000fe000000,"
+    "0x00000000000000fe,0x000000000000fe00,0x000000fe00000000,0x0000fe0000000000"
+)
+CONFIG = {
+    "resources": {
+        "default": {"cpus": 1, "mem_mb": 4000, "runtime": 30},
+        "one_gpu": {"gpus": 1, "nodes": 1, "runtime": 60},
+        "two_nodes": {"gpus": 8, "nodes": 2, "runtime": 120},
+    }
+}
+
+
+@pytest.fixture(params=["lumi", "slurm"])
+def cluster(request):
+    return resources.load_cluster(request.param, PROFILES)
+
+
+def mapped(cluster, rule, tasks=1):
+    return resources.slurm_resources(rule, resources.step_needs(CONFIG, rule), cluster, ACCOUNT, tasks)
+
+
+GOLDEN = {
+    ("lumi", "cpu_step"): {
+        "slurm_partition": "small", "runtime": 30, "slurm_account": ACCOUNT, "cpus_per_task": 1, "mem_mb": 4000,
+    },
+    ("lumi", "one_gpu"): {
+        "slurm_partition": "small-g", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks_per_node": 1,
+        "cpus_per_task": 7, "mem_mb": 0, "slurm_extra": "--gpus-per-node=1 --mem-per-gpu=60G", "mpi": "srun",
+    },
+    ("lumi", "two_nodes"): {
+        "slurm_partition": "standard-g", "runtime": 120, "slurm_account": ACCOUNT, "nodes": 2, "tasks_per_node": 8,
+        "cpus_per_task": 7, "mem_mb": 0, "slurm_extra": "--gpus-per-node=8 --mem-per-gpu=60G", "mpi": "srun",
+    },
+    ("slurm", "cpu_step"): {
+        "slurm_partition": "small", "runtime": 30, "slurm_account": ACCOUNT, "cpus_per_task": 1, "mem_mb": 4000,
+    },
+    ("slurm", "one_gpu"): {
+        "slurm_partition": "gpu", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks_per_node": 1,
+        "cpus_per_task": 10, "mem_mb": 0, "slurm_extra": "--gres=gpu:1", "mpi": "srun",
+    },
+    ("slurm", "two_nodes"): None,  # 8 GPUs per node: more than the generic cluster's gpu nodes have
+}
+
+GOLDEN_LAUNCH = {
+    "lumi": {
+        "one_gpu": "srun --ntasks=1 python -m demo.train --backend horovod",
+        "two_nodes": f"srun --ntasks=16 --cpu-bind={LUMI_MASK} python -m demo.train --backend horovod",
+    },
+    "slurm": {"one_gpu": "srun --ntasks=1 python -m demo.train --backend horovod"},
+}
+
+
+@pytest.mark.parametrize("rule", ["cpu_step", "one_gpu", "two_nodes"])
+def test_golden_resources_and_launch_line(cluster, rule):
+    expected = GOLDEN[(cluster["name"], rule)]
+    if expected is None:
+        with pytest.raises(resources.ResourceError, match="8 GPUs per node requested; 'gpu' nodes have 4"):
+            mapped(cluster, rule)
+        return
+    assert mapped(cluster, rule) == expected
+    if rule in GOLDEN_LAUNCH[cluster["name"]]:
+        needs = resources.step_needs(CONFIG, rule)
+        line = training_command(
+            launcher="srun", backend="horovod", processes=resources.ranks(needs, 2), package="demo", args=[],
+            launcher_options=resources.srun_options(needs, cluster),
+        )
+        assert line == GOLDEN_LAUNCH[cluster["name"]][rule]
+
+
+def test_cpu_training_on_slurm_launches_its_own_ranks():
+    cluster = resources.load_cluster("lumi", PROFILES)
+    needs = resources.step_needs({"resources": {"train_model": {"gpus": 0}}}, "train_model")
+    assert resources.ranks(needs, processes=2) == 2
+    result = resources.slurm_resources("train_model", needs, cluster, ACCOUNT, tasks=2)
+    assert (result["slurm_partition"], result["tasks"], result["nodes"], result["mpi"]) == ("small", 2, 1, "srun")
+
+
+def lumi():
+    return resources.load_cluster("lumi", PROFILES)
+
+
+@pytest.mark.parametrize(
+    "config, rule, message",
+    [
+        ({"resources": {"x": {"partition": "gpu-huge"}}}, "x",
+         "partition 'gpu-huge' is not a partition of lumi (allowed: small, standard, small-g, standard-g, dev-g)"),
+        ({"resources": {"x": {"partition": "small", "gpus": 2}}}, "x",
+         "x: 2 GPU(s) requested on partition 'small', which has no GPUs (GPU partitions: small-g, standard-g, dev-g)"),
+        ({"resources": {"x": {"gpus": 1, "runtime": 5000}}}, "x",
+         "x: runtime 5000 min is over the 4320 min limit of partition 'small-g'"),
+        ({"resources": {"x": {"gpus": 8, "partition": "dev-g", "runtime": 240}}}, "x",
+         "x: runtime 240 min is over the 180 min limit of partition 'dev-g'"),
+        ({"resources": {"x": {"gpus": 9}}}, "x", "x: 9 GPUs per node requested; 'small-g' nodes have 8"),
+        ({"resources": {"x": {"gpu": 1}}}, "x", "resources.x: unknown key(s) ['gpu']"),
+    ],
+)
+def test_bad_requests_are_named(config, rule, message):
+    with pytest.raises(resources.ResourceError) as error:
+        resources.slurm_resources(rule, resources.step_needs(config, rule), lumi(), ACCOUNT)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "value, environ, message",
+    [
+        ("", {}, "no Slurm account for lumi: set account.value in profiles/lumi/cluster.yaml or $SBATCH_ACCOUNT"),
+        ("", {"SBATCH_ACCOUNT": "465000001"}, "Slurm account '465000001' does not match lumi's account format"),
+        ("project_12345", {}, "Slurm account 'project_12345' does not match lumi's account format"),
+    ],
+)
+def test_account_errors(value, environ, message):
+    cluster = lumi()
+    cluster["account"]["value"] = value
+    with pytest.raises(resources.ResourceError, match=message.replace("$", r"\$").replace("(", r"\(")):
+        resources.account(cluster, environ)
+
+
+def test_account_from_answer_or_environment():
+    cluster = lumi()
+    assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == ACCOUNT
+    cluster["account"]["value"] = "project_465000002"
+    assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == "project_465000002"
+
+
+def test_unknown_cluster_lists_the_known_ones():
+    with pytest.raises(resources.ResourceError, match="cluster 'puhti' has no description .* \\(known clusters: lumi, slurm\\)"):
+        resources.load_cluster("puhti", PROFILES)
