@@ -41,8 +41,8 @@ GOLDEN = {
         "slurm_partition": "small", "runtime": 30, "slurm_account": ACCOUNT, "cpus_per_task": 1, "mem_mb": 4000,
     },
     ("lumi", "one_gpu"): {
-        "slurm_partition": "small-g", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks_per_node": 1,
-        "cpus_per_task": 7, "mem_mb": 0, "slurm_extra": "--gpus-per-node=1 --mem-per-gpu=60G", "mpi": "srun",
+        "slurm_partition": "small-g", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks": 1,
+        "cpus_per_task": 7, "mem_mb": 0, "slurm_extra": "--gpus-per-node=1 --mem-per-gpu=60G",
     },
     ("lumi", "two_nodes"): {
         "slurm_partition": "standard-g", "runtime": 120, "slurm_account": ACCOUNT, "nodes": 2, "tasks_per_node": 8,
@@ -52,18 +52,18 @@ GOLDEN = {
         "slurm_partition": "small", "runtime": 30, "slurm_account": ACCOUNT, "cpus_per_task": 1, "mem_mb": 4000,
     },
     ("slurm", "one_gpu"): {
-        "slurm_partition": "gpu", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks_per_node": 1,
-        "cpus_per_task": 10, "mem_mb": 0, "slurm_extra": "--gres=gpu:1", "mpi": "srun",
+        "slurm_partition": "gpu", "runtime": 60, "slurm_account": ACCOUNT, "nodes": 1, "tasks": 1,
+        "cpus_per_task": 10, "mem_mb": 0, "gres": "gpu:1",
     },
     ("slurm", "two_nodes"): None,  # 8 GPUs per node: more than the generic cluster's gpu nodes have
 }
 
 GOLDEN_LAUNCH = {
     "lumi": {
-        "one_gpu": "srun --ntasks=1 python -m demo.train --backend horovod",
+        "one_gpu": "python -m demo.train --backend horovod",
         "two_nodes": f"srun --ntasks=16 --cpu-bind={LUMI_MASK} python -m demo.train --backend horovod",
     },
-    "slurm": {"one_gpu": "srun --ntasks=1 python -m demo.train --backend horovod"},
+    "slurm": {"one_gpu": "python -m demo.train --backend horovod"},
 }
 
 
@@ -142,3 +142,49 @@ def test_account_from_answer_or_environment():
 def test_unknown_cluster_lists_the_known_ones():
     with pytest.raises(resources.ResourceError, match="cluster 'puhti' has no description .* \\(known clusters: lumi, slurm\\)"):
         resources.load_cluster("puhti", PROFILES)
+
+
+class JobResources(dict):
+    """Resources as the plugin reads them: `.get(name)` and attribute access."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def plugin_sbatch_line(resources_: dict, threads: int = 1) -> str:
+    """The sbatch line snakemake-executor-plugin-slurm 2.8.0 renders for a job with these resources."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    job = SimpleNamespace(resources=JobResources(resources_), threads=threads)
+    validate_slurm_extra(job)  # what the plugin checks before submitting
+    params = {
+        "run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": "RULE", "workdir": None,
+        "account": f"-A {resources_['slurm_account']}", "partition": f"-p {resources_['slurm_partition']}",
+    }
+    line = get_submit_command(job, params) + set_gres_string(job)
+    return line.replace("sbatch --parsable --job-name RUN --output LOG --export=ALL --comment RULE ", "sbatch ")
+
+
+GOLDEN_SBATCH = {
+    ("lumi", "cpu_step"): f"sbatch -A {ACCOUNT} -p small -t 30 --mem 4000 --ntasks=1 --cpus-per-task=1",
+    ("lumi", "one_gpu"): f"sbatch -A {ACCOUNT} -p small-g -t 60 --nodes=1 --ntasks=1 --cpus-per-task=7 "
+    "--gpus-per-node=1 --mem-per-gpu=60G",
+    ("lumi", "two_nodes"): f"sbatch -A {ACCOUNT} -p standard-g -t 120 --nodes=2 --ntasks-per-node=8 "
+    "--cpus-per-task=7 --gpus-per-node=8 --mem-per-gpu=60G",
+    ("slurm", "cpu_step"): f"sbatch -A {ACCOUNT} -p small -t 30 --mem 4000 --ntasks=1 --cpus-per-task=1",
+    ("slurm", "one_gpu"): f"sbatch -A {ACCOUNT} -p gpu -t 60 --nodes=1 --ntasks-per-gpu=1 --cpus-per-task=10 --gres=gpu:1",
+}
+
+
+@pytest.mark.parametrize("key", sorted(GOLDEN_SBATCH), ids=lambda key: "-".join(key))
+def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
+    name, rule = key
+    line = plugin_sbatch_line(mapped(resources.load_cluster(name, PROFILES), rule))
+    assert " ".join(line.split()) == GOLDEN_SBATCH[key]

@@ -26,7 +26,8 @@ def launcher_prefix(launcher: str, backend: str, processes: int, options: Sequen
         raise ValueError(f"processes must be at least 1, got {processes}")
     if launcher == "srun":
         # Inside a Slurm allocation: srun starts one rank per task; rank, size and rendezvous come from SLURM_*.
-        return ["srun", f"--ntasks={processes}", *options]
+        # One rank already runs inside the executor's own job step: no nested srun.
+        return ["srun", f"--ntasks={processes}", *options] if processes > 1 else []
     if processes == 1:
         return []
     if backend == "horovod":

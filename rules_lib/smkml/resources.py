@@ -118,7 +118,12 @@ def ranks(needs: dict, processes: int) -> int:
 
 
 def slurm_resources(rule: str, needs: dict, cluster: dict, slurm_account: str, tasks: int = 1) -> dict:
-    """Resources for snakemake-executor-plugin-slurm. `tasks` > 1 marks a step that launches its own ranks."""
+    """Resources for snakemake-executor-plugin-slurm.
+
+    A step with more than one rank (GPU training: one rank per GPU; CPU training: `tasks`) gets the plugin's `mpi`
+    resource, so the plugin does not wrap it in srun and the rule's own `srun` starts the ranks. A single-rank
+    step runs inside the plugin's own `srun -n1` step.
+    """
     partition = choose_partition(needs, cluster)
     check_limits(rule, needs, partition, cluster)
     resources = {"slurm_partition": partition, "runtime": int(needs["runtime"])}
@@ -126,17 +131,27 @@ def slurm_resources(rule: str, needs: dict, cluster: dict, slurm_account: str, t
         resources["slurm_account"] = slurm_account
     if needs["gpus"]:
         gpu = cluster["gpu"]
-        extra = [f"--gpus-per-node={needs['gpus']}"] if gpu["request"] == "gpus-per-node" else [f"--gres=gpu:{needs['gpus']}"]
+        extra = []
+        if gpu["request"] == "gpus-per-node":
+            extra.append(f"--gpus-per-node={needs['gpus']}")
+        else:  # the plugin manages --gres itself
+            resources["gres"] = f"gpu:{needs['gpus']}"
         if gpu.get("mem_per_gpu"):
             extra.append(f"--mem-per-gpu={gpu['mem_per_gpu']}")
         resources.update(
             nodes=int(needs["nodes"]),
-            tasks_per_node=int(needs["gpus"]),
             cpus_per_task=int(gpu.get("cpus_per_gpu", needs["cpus"])),
             mem_mb=0,  # memory comes per GPU (--mem-per-gpu); --mem would conflict
-            slurm_extra=" ".join(extra),
-            mpi="srun",
         )
+        if extra:
+            resources["slurm_extra"] = " ".join(extra)
+        gpu_ranks = needs["gpus"] * needs["nodes"]
+        if needs["gpus"] > 1:
+            resources.update(tasks_per_node=int(needs["gpus"]), mpi="srun")
+        elif gpu_ranks > 1:
+            resources.update(tasks=int(gpu_ranks), mpi="srun")
+        else:
+            resources["tasks"] = 1
     else:
         resources.update(cpus_per_task=int(needs["cpus"]), mem_mb=int(needs["mem_mb"]))
         if tasks > 1:
