@@ -54,6 +54,11 @@ PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz",
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("local", "horovod", 1,
          "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
+        ("mpirun", "horovod", 2,
+         "mpirun -np 2 --bind-to none python -m demo.train --backend horovod "
+         "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
+        ("srun", "horovod", 1,
+         "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("srun", "torch_ddp", 16,
          "srun --ntasks=16 python -m demo.train --backend torch_ddp "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
@@ -66,7 +71,7 @@ def test_training_command_golden(launcher, backend, processes, expected):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"launcher": "mpirun"}, "launcher 'mpirun' is not supported (allowed: local, srun)"),
+        ({"launcher": "mpiexec"}, "launcher 'mpiexec' is not supported (allowed: local, srun, mpirun)"),
         ({"backend": "deepspeed"}, "backend 'deepspeed' is not supported (allowed: horovod, torch_ddp)"),
         ({"processes": 0}, "processes must be at least 1, got 0"),
     ],

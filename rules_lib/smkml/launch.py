@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-LAUNCHERS = ("local", "srun")
+LAUNCHERS = ("local", "srun", "mpirun")
 BACKENDS = ("horovod", "torch_ddp")
 
 
@@ -28,6 +28,10 @@ def launcher_prefix(launcher: str, backend: str, processes: int, options: Sequen
         # Inside a Slurm allocation: srun starts one rank per task; rank, size and rendezvous come from SLURM_*.
         # One rank already runs inside the executor's own job step: no nested srun.
         return ["srun", f"--ntasks={processes}", *options] if processes > 1 else []
+    if launcher == "mpirun":
+        # Inside a Slurm allocation, Open MPI's mpirun starts the ranks on the allocated nodes (Horovod with an MPI
+        # that lacks Slurm PMI, as Debian's). Rank and size reach Horovod through MPI, DDP through OMPI_COMM_WORLD_*.
+        return ["mpirun", "-np", str(processes), "--bind-to", "none", *options] if processes > 1 else []
     if processes == 1:
         return []
     if backend == "horovod":

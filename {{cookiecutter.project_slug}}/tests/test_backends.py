@@ -50,3 +50,11 @@ def test_configured_backend_runs_a_single_process(project_dir):
         assert backend.unwrap(wrapped) is model
     finally:
         backend.shutdown()
+
+
+def test_ddp_environment_from_open_mpi():
+    env = backends.ddp_environment(
+        {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+         "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "MASTER_ADDR": "nid001"}
+    )
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")

@@ -82,12 +82,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _first_node_address(environ: dict[str, str]) -> str | None:
+    """Address of the first node of a multi-node Slurm allocation (the DDP rendezvous host)."""
+    nodelist = environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or environ.get("SLURM_JOB_NUM_NODES", "1") == "1":
+        return None
+    import subprocess
+
+    try:
+        first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               check=True, timeout=30).stdout.split()[0]
+        node = subprocess.run(["scontrol", "show", "node", "-o", first], capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+    fields = dict(item.split("=", 1) for item in node.split() if "=" in item)
+    return fields.get("NodeAddr", first)
+
+
 def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
     """The torch.distributed variables, from torchrun's, Slurm's, or single-process defaults."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
         env = {key: environ[key] for key in ("RANK", "WORLD_SIZE") if key in environ}
         env["LOCAL_RANK"] = environ.get("LOCAL_RANK", "0")
         env["LOCAL_WORLD_SIZE"] = environ.get("LOCAL_WORLD_SIZE", "1")
+    elif "OMPI_COMM_WORLD_RANK" in environ:
+        env = {
+            "RANK": environ["OMPI_COMM_WORLD_RANK"],
+            "WORLD_SIZE": environ["OMPI_COMM_WORLD_SIZE"],
+            "LOCAL_RANK": environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"),
+            "LOCAL_WORLD_SIZE": environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"),
+        }
     elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
         env = {
             "RANK": environ["SLURM_PROCID"],
@@ -97,7 +122,7 @@ def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
         }
     else:
         env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
-    env["MASTER_ADDR"] = environ.get("MASTER_ADDR", "127.0.0.1")
+    env["MASTER_ADDR"] = environ.get("MASTER_ADDR") or _first_node_address(environ) or "127.0.0.1"
     env["MASTER_PORT"] = environ.get("MASTER_PORT") or str(
         29500 if env["WORLD_SIZE"] != "1" else _free_port()
     )
