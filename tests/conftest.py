@@ -89,3 +89,17 @@ def s3_server(tmp_path_factory):
     yield {"endpoint": endpoint, "bucket": "pipeline", "env": credentials}
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running two-node LUMI-G-shaped Slurm cluster with accounting (mini-LUMI), for the whole test session."""
+    from slurm_cluster import MiniLumi, ensure_installed
+
+    ensure_installed()
+    cluster = MiniLumi(tmp_path_factory.mktemp("minilumi"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

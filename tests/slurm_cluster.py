@@ -1,0 +1,617 @@
+"""A real, LUMI-shaped ("mini-LUMI") Slurm cluster for tests, started and stopped by the test suite.
+
+Everything runs on this one machine from Debian's packages (slurm-wlm, slurmdbd, munge, mariadb-server):
+
+* a private ``munged`` (own key and socket; ``AuthInfo=socket=...`` points Slurm at it),
+* a private ``mariadbd`` (own datadir, socket and TCP port) holding the accounting database,
+* ``slurmdbd``, ``slurmctld`` and two ``slurmd`` (``nid001``, ``nid002``) that advertise LUMI-G nodes
+  (64 cores, 480 GiB, 8 GPUs as stand-in files) thanks to ``SlurmdParameters=config_overrides``.
+
+All configuration, state, spool, logs and pid files live under the work directory given to
+:class:`MiniLumi`; nothing in ``/etc/slurm``, ``/etc/munge`` or the system MariaDB is touched, and every
+port is picked free at start, so several clusters (or a stale one from an earlier run) never collide.
+Client commands find the cluster through ``SLURM_CONF``: merge :attr:`MiniLumi.env` into a subprocess'
+environment, or use :meth:`MiniLumi.run`.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CLUSTER_NAME = "minilumi"
+ACCOUNT = "project_465000001"
+NODES = ("nid001", "nid002")
+NODE_SPEC = "Sockets=1 CoresPerSocket=64 ThreadsPerCore=1 RealMemory=491520 Gres=gpu:8"
+GPUS_PER_NODE = 8
+# name -> (MaxTime, default partition?)
+PARTITIONS = {
+    "small": ("72:00:00", True),
+    "small-g": ("72:00:00", False),
+    "standard-g": ("48:00:00", False),
+    "dev-g": ("03:00:00", False),
+}
+
+PACKAGES = ("slurm-wlm", "munge", "mariadb-server", "slurmdbd")
+_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+# A unix socket path must fit in sun_path (108 bytes); slurmd puts step sockets in its spool directory.
+_MAX_WORKDIR_LEN = 70
+
+
+def _which(name: str) -> str | None:
+    """Like shutil.which, but also looks in the sbin directories (often missing from a user's PATH)."""
+    path = os.environ.get("PATH", "")
+    return shutil.which(name, path=os.pathsep.join([path, *_SBIN_DIRS]))
+
+
+def _missing_programs() -> list[str]:
+    wanted = ["slurmctld", "slurmd", "slurmdbd", "munged", "sinfo", "sacctmgr", "mariadb-install-db"]
+    missing = [name for name in wanted if _which(name) is None]
+    if _which("mariadbd") is None and _which("mysqld") is None:
+        missing.append("mariadbd")
+    return missing
+
+
+def ensure_installed(timeout: int = 900) -> None:
+    """Install Slurm, slurmdbd, munge and MariaDB from apt when missing (root only)."""
+    missing = _missing_programs()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"Slurm test cluster needs {', '.join(missing)}; install the Debian packages "
+            f"{' '.join(PACKAGES)} (apt-get install {' '.join(PACKAGES)}) or run the tests as root"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+    still_missing = _missing_programs()
+    if still_missing:
+        raise RuntimeError(f"after installing {' '.join(PACKAGES)} still missing: {', '.join(still_missing)}")
+
+
+def _port_is_free(port: int) -> bool:
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports below the usual ephemeral range (so outgoing connections do not take them)."""
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(2000):
+        port = rng.randint(20000, 32000)
+        if port not in ports and _port_is_free(port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError("could not find free TCP ports for the Slurm test cluster")
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the daemon when the test process dies, even if it is killed without cleanup."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"({path}: not written)"
+    return "\n".join(text[-lines:])
+
+
+class MiniLumi:
+    """A two-node LUMI-G-shaped Slurm cluster with accounting, living entirely under ``workdir``.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. After start, :attr:`env` holds the
+    environment variables client commands need (``SLURM_CONF``) and :meth:`run` runs a command with them.
+    """
+
+    cluster_name = CLUSTER_NAME
+    account = ACCOUNT
+    nodes = NODES
+    partitions = PARTITIONS
+
+    def __init__(self, workdir: str | os.PathLike[str], start_timeout: float = 60.0):
+        self.workdir = Path(workdir).resolve()
+        if len(str(self.workdir)) > _MAX_WORKDIR_LEN:
+            raise ValueError(
+                f"work directory path too long for unix sockets ({len(str(self.workdir))} > "
+                f"{_MAX_WORKDIR_LEN} characters): {self.workdir}"
+            )
+        self.start_timeout = start_timeout
+        self.conf_dir = self.workdir / "etc"
+        self.slurm_conf = self.conf_dir / "slurm.conf"
+        self.log_dir = self.workdir / "log"
+        self.run_dir = self.workdir / "run"
+        self.gpu_dir = self.workdir / "gpus"
+        self.db_dir = self.workdir / "mysql"
+        self.munge_socket = self.run_dir / "munge.sock"
+        self.mysql_socket = self.run_dir / "mysqld.sock"
+        # Wrappers of the client commands that pin this cluster's config: inside jobs, snakemake's slurm-jobstep
+        # executor drops every SLURM_* variable (SLURM_CONF too) before it calls srun, and a real cluster's
+        # default /etc/slurm/slurm.conf is not ours to write. Put bin_dir first on PATH.
+        self.bin_dir = self.workdir / "bin"
+        self.env: dict[str, str] = {
+            "SLURM_CONF": str(self.slurm_conf),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.ports: dict[str, int] = {}
+        self.start_seconds: float | None = None
+        self.timings: dict[str, float] = {}  # seconds per start phase
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._log_handles: list = []
+        self._started = False
+
+    # ----------------------------------------------------------------- public API
+    def __enter__(self) -> "MiniLumi":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def subprocess_env(self, **extra: str) -> dict[str, str]:
+        """os.environ plus :attr:`env`, without SLURM_* variables of an enclosing job."""
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))
+        }
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def run(
+        self, cmd: list[str] | str, check: bool = True, timeout: float = 120, **kwargs
+    ) -> subprocess.CompletedProcess:
+        """Run a client command (sinfo, srun, sbatch, sacct, ...) against this cluster; text output captured."""
+        env = self.subprocess_env(**kwargs.pop("env", {}) or {})
+        result = subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            shell=isinstance(cmd, str),
+            **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{cmd} failed ({result.returncode})\n--- stdout\n{result.stdout[-4000:]}"
+                f"\n--- stderr\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def start(self) -> "MiniLumi":
+        if self._started:
+            return self
+        begin = time.monotonic()
+        self._started = True
+        atexit.register(self.stop)
+        try:
+            for phase, step in (
+                ("prepare", self._prepare),
+                ("munged", self._start_munge),
+                ("mariadbd", self._start_mariadb),
+                ("slurmdbd", self._start_slurmdbd),
+                ("accounts", self._setup_accounts),
+                ("slurmctld", self._start_slurmctld),
+                ("slurmd", self._start_slurmds),
+            ):
+                t0 = time.monotonic()
+                step()
+                self.timings[phase] = round(time.monotonic() - t0, 2)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - begin
+        return self
+
+    def stop(self) -> None:
+        """Cancel remaining jobs and stop every daemon this cluster started (idempotent)."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            atexit.unregister(self.stop)
+        except Exception:  # pragma: no cover
+            pass
+        if self._alive("slurmctld"):
+            self._cancel_all_jobs()
+        for name in [f"slurmd-{n}" for n in NODES] + ["slurmctld", "slurmdbd", "mariadbd", "munged"]:
+            self._terminate(name)
+        self._kill_leftover_steps()
+        for handle in self._log_handles:
+            handle.close()
+        self._log_handles.clear()
+
+    def logs(self, lines: int = 15) -> str:
+        """The tails of the daemon logs (and of their stdout/stderr, which has start-up errors), for error messages."""
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")) + sorted(self.log_dir.glob("*.out")):
+            if path.stat().st_size:
+                parts.append(f"--- {path}\n{_tail(path, lines if path.suffix == '.log' else 5)}")
+        return "\n".join(parts)
+
+    # ----------------------------------------------------------------- set-up
+    @staticmethod
+    def _bin(name: str) -> str:
+        found = _which(name)
+        if found is None and name == "mariadbd":
+            found = _which("mysqld")
+        if found is None:
+            raise RuntimeError(f"{name} not found; call ensure_installed() first")
+        return found
+
+    def _prepare(self) -> None:
+        for d in (self.conf_dir, self.log_dir, self.run_dir, self.gpu_dir, self.workdir / "state"):
+            d.mkdir(parents=True, exist_ok=True)
+        for node in NODES:
+            (self.workdir / "spool" / node).mkdir(parents=True, exist_ok=True)
+        for i in range(GPUS_PER_NODE):
+            (self.gpu_dir / f"gpu{i}").touch()
+        names = ["mysql", "slurmdbd", "slurmctld", *NODES]
+        self.ports = dict(zip(names, _free_ports(len(names))))
+        self.db_password = "".join(random.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(20))
+        self._write_configs()
+
+    def _write_client_wrappers(self) -> None:
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        for command in ("srun", "sbatch", "scontrol", "squeue", "sacct", "sinfo", "scancel", "sacctmgr"):
+            real = shutil.which(command, path="/usr/bin:/usr/sbin:/bin:/sbin")
+            if real is None:
+                continue
+            wrapper = self.bin_dir / command
+            wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.slurm_conf}" exec {real} "$@"\n')
+            wrapper.chmod(0o755)
+
+    def _write_configs(self) -> None:
+        self._write_client_wrappers()
+        w, p = self.workdir, self.ports
+        host = socket.gethostname().split(".")[0] or "localhost"
+        auth = f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\n"
+        nodes = "\n".join(
+            f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={p[node]} {NODE_SPEC} State=UNKNOWN"
+            for node in NODES
+        )
+        node_list = f"nid[{NODES[0][3:]}-{NODES[-1][3:]}]"
+        partitions = "\n".join(
+            f"PartitionName={name} Nodes={node_list} MaxTime={max_time} Default={'YES' if default else 'NO'} State=UP"
+            for name, (max_time, default) in PARTITIONS.items()
+        )
+        slurm_conf = f"""\
+# mini-LUMI test cluster, generated by tests/slurm_cluster.py
+ClusterName={CLUSTER_NAME}
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={p['slurmctld']}
+SlurmUser=root
+SlurmdUser=root
+{auth}CryptoType=crypto/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# jobs without --mem/--mem-per-* get this much, not a whole node's memory
+DefMemPerCPU=1750
+SchedulerType=sched/backfill
+ReturnToService=2
+SlurmdParameters=config_overrides
+GresTypes=gpu
+MailProg=/bin/true
+StateSaveLocation={w}/state
+SlurmdSpoolDir={w}/spool/%n
+SlurmctldPidFile={w}/run/slurmctld.pid
+SlurmdPidFile={w}/run/slurmd-%n.pid
+SlurmctldLogFile={w}/log/slurmctld.log
+SlurmdLogFile={w}/log/slurmd-%n.log
+SlurmctldDebug=info
+SlurmdDebug=info
+InactiveLimit=0
+KillWait=5
+MinJobAge=300
+SlurmctldTimeout=30
+SlurmdTimeout=60
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={p['slurmdbd']}
+# for slurmdbd connections this names the munge socket (slurm.conf man page)
+AccountingStoragePass={self.munge_socket}
+AccountingStorageTRES=gres/gpu
+AccountingStorageEnforce=associations
+{nodes}
+{partitions}
+"""
+        gres_conf = f"AutoDetect=off\nName=gpu File={self.gpu_dir}/gpu[0-{GPUS_PER_NODE - 1}]\n"
+        slurmdbd_conf = f"""\
+{auth}DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={p['slurmdbd']}
+SlurmUser=root
+DebugLevel=info
+LogFile={w}/log/slurmdbd.log
+PidFile={w}/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={p['mysql']}
+StorageUser=slurm
+StoragePass={self.db_password}
+StorageLoc=slurm_acct_db
+"""
+        self.slurm_conf.write_text(slurm_conf)
+        (self.conf_dir / "gres.conf").write_text(gres_conf)
+        dbd = self.conf_dir / "slurmdbd.conf"
+        dbd.write_text(slurmdbd_conf)
+        dbd.chmod(0o600)
+
+    # ----------------------------------------------------------------- daemons
+    def _start_daemon(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        out = open(self.log_dir / f"{name}.out", "ab")
+        self._log_handles.append(out)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.subprocess_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+        )
+        self._procs[name] = proc
+        return proc
+
+    def _alive(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def _terminate(self, name: str, timeout: float = 20) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+            except ProcessLookupError:  # pragma: no cover
+                pass
+
+    def _wait(self, ready, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = [name for name, proc in self._procs.items() if proc.poll() is not None]
+            if dead:
+                raise RuntimeError(
+                    f"mini-LUMI: {', '.join(dead)} exited while waiting for {what}\n{self.logs()}"
+                )
+            try:
+                if ready():
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mini-LUMI: timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}"
+                )
+            time.sleep(0.2)
+
+    def _start_munge(self) -> None:
+        key = self.run_dir / "munge.key"
+        if not key.exists():
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(1024))
+        self._start_daemon(
+            "munged",
+            [
+                self._bin("munged"),
+                "--foreground",
+                # pytest's tmp dirs are mode 700: --force turns munged's "execute permissions for all required
+                # on <dir>" refusal into a warning (clients here run as root, who can reach the socket)
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.run_dir / 'munged.pid'}",
+                f"--seed-file={self.run_dir / 'munged.seed'}",
+                f"--log-file={self.log_dir / 'munged.log'}",
+                "--num-threads=2",
+            ],
+        )
+        self._wait(self.munge_socket.exists, "the munge socket", 15)
+
+    def _mysql_args(self) -> list[str]:
+        return ["--no-defaults", f"--socket={self.mysql_socket}"]
+
+    def _start_mariadb(self) -> None:
+        if not (self.db_dir / "mysql").is_dir():
+            result = subprocess.run(
+                [
+                    self._bin("mariadb-install-db"),
+                    "--no-defaults",
+                    f"--datadir={self.db_dir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                    "--innodb-log-file-size=8M",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=self.workdir,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"mariadb-install-db failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                )
+        self._start_daemon(
+            "mariadbd",
+            [
+                self._bin("mariadbd"),
+                *self._mysql_args(),
+                "--user=root",
+                f"--datadir={self.db_dir}",
+                f"--port={self.ports['mysql']}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={self.run_dir / 'mariadbd.pid'}",
+                f"--log-error={self.log_dir / 'mariadbd.log'}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-log-file-size=8M",
+                "--innodb-lock-wait-timeout=900",
+                "--max-connections=50",
+            ],
+        )
+        self._wait(lambda: self.mysql_socket.exists() and _port_open(self.ports["mysql"]), "MariaDB", 60)
+        pw = self.db_password
+        sql = (
+            f"CREATE OR REPLACE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{pw}';"
+            f"CREATE OR REPLACE USER 'slurm'@'localhost' IDENTIFIED BY '{pw}';"
+            "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';"
+            "GRANT ALL ON *.* TO 'slurm'@'localhost';"
+            "FLUSH PRIVILEGES;"
+        )
+        client = _which("mariadb") or _which("mysql") or "mariadb"
+        result = subprocess.run(
+            [client, *self._mysql_args(), "-uroot", "-e", sql], capture_output=True, text=True, timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"creating the Slurm database user failed:\n{result.stderr[-3000:]}\n{self.logs()}"
+            )
+
+    def _start_slurmdbd(self) -> None:
+        self._start_daemon("slurmdbd", [self._bin("slurmdbd"), "-D"])
+        self._wait(lambda: _port_open(self.ports["slurmdbd"]), "slurmdbd", 60)
+
+    def _setup_accounts(self) -> None:
+        commands = [
+            ["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME],
+            [
+                "sacctmgr",
+                "-i",
+                "add",
+                "account",
+                ACCOUNT,
+                f"cluster={CLUSTER_NAME}",
+                "Description=mini-LUMI test project",
+                "Organization=minilumi",
+            ],
+            ["sacctmgr", "-i", "add", "user", "root", f"account={ACCOUNT}", f"cluster={CLUSTER_NAME}"],
+        ]
+        for cmd in commands:
+            result = self.run(cmd, check=False, timeout=60)
+            output = (result.stdout + result.stderr).lower()
+            if (
+                result.returncode != 0
+                and "already exists" not in output
+                and "nothing new added" not in output
+            ):
+                raise RuntimeError(
+                    f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.logs()}"
+                )
+
+    def _start_slurmctld(self) -> None:
+        self._start_daemon("slurmctld", [self._bin("slurmctld"), "-D", "-i"])
+        self._wait(
+            lambda: "UP" in self.run(["scontrol", "ping"], check=False, timeout=15).stdout, "slurmctld", 60
+        )
+
+    def _start_slurmds(self) -> None:
+        for node in NODES:
+            self._start_daemon(f"slurmd-{node}", [self._bin("slurmd"), "-D", "-N", node])
+        self._wait(self._nodes_idle, "both nodes idle in sinfo", self.start_timeout)
+
+    def _nodes_idle(self) -> bool:
+        result = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False, timeout=15)
+        if result.returncode != 0:
+            return False
+        states = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                states[parts[0]] = parts[1]
+        return all(states.get(node) == "idle" for node in NODES)
+
+    def _kill_leftover_steps(self) -> None:
+        """SIGKILL job steps of this cluster that outlived their slurmd (found by their SLURM_CONF), with their tasks."""
+        mine = f"SLURM_CONF={self.slurm_conf}".encode()
+        children: dict[int, list[int]] = {}
+        steps: list[int] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(pid)
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "slurmstepd":
+                    if mine in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                        steps.append(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        doomed: list[int] = []
+        todo = list(steps)
+        while todo:
+            pid = todo.pop()
+            doomed.append(pid)
+            todo.extend(children.get(pid, []))
+        for pid in reversed(doomed):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _cancel_all_jobs(self) -> None:
+        try:
+            result = self.run(["squeue", "-h", "-o", "%i"], check=False, timeout=15)
+            ids = result.stdout.split()
+            if ids:
+                self.run(["scancel", *ids], check=False, timeout=15)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    result = self.run(["squeue", "-h", "-t", "R,CG,PD", "-o", "%i"], check=False, timeout=15)
+                    if not result.stdout.split():
+                        break
+                    time.sleep(0.5)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
