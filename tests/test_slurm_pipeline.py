@@ -126,3 +126,35 @@ def test_training_ran_two_ranks_on_two_gpus(lumi_run):
     assert history["world_size"] == 2
     assert history["backend"] == yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def lumi_project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("slurm-bad"), cluster="lumi", training_backend="torch_ddp")
+
+
+@pytest.mark.parametrize(
+    "resources, environ, message",
+    [
+        ({}, {}, "no Slurm account for lumi"),
+        ({}, {"SBATCH_ACCOUNT": "465000001"}, "Slurm account '465000001' does not match lumi's account format"),
+        ({"partition": "gpu-huge"}, {"SBATCH_ACCOUNT": ACCOUNT}, "partition 'gpu-huge' is not a partition of lumi"),
+        ({"partition": "small", "gpus": 1}, {"SBATCH_ACCOUNT": ACCOUNT}, "requested on partition 'small', which has no GPUs"),
+        ({"gpus": 1, "runtime": 5000}, {"SBATCH_ACCOUNT": ACCOUNT}, "runtime 5000 min is over the 4320 min limit"),
+    ],
+    ids=["missing-account", "malformed-account", "unknown-partition", "gpu-on-cpu-partition", "runtime-over-limit"],
+)
+def test_bad_requests_stop_before_anything_is_submitted(lumi_project, slurm_cluster, resources, environ, message):
+    config_path = lumi_project / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["resources"]["train_model"] = {"nodes": 1, "runtime": 60, **resources} if resources else config["resources"]["train_model"]
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {key: value for key, value in cluster_env(slurm_cluster).items()}
+    before = slurm_cluster.run(["sacct", "-X", "-n", "-P", "-a", "--starttime", "now-1days", "--format=JobID"]).stdout
+    result = run(["snakemake", "--profile", "profiles/lumi"], lumi_project, check=False, timeout=300,
+                 **{"SBATCH_ACCOUNT": "", **env, **environ})
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    after = slurm_cluster.run(["sacct", "-X", "-n", "-P", "-a", "--starttime", "now-1days", "--format=JobID"]).stdout
+    assert after == before, "a job was submitted"
+    assert not (lumi_project / "logs/slurm").exists()
