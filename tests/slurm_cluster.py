@@ -256,6 +256,25 @@ class MiniLumi:
             handle.close()
         self._log_handles.clear()
 
+    def sacct(self, job_id: str, fields: list[str], steps: bool = False, timeout: float = 60) -> list[dict[str, str]]:
+        """sacct rows of a finished job (the allocation first, then its steps when `steps`), once complete.
+
+        The batch step's records can reach the database before the job's own start record (slurmctld sends that
+        one every few seconds), so a finished job can briefly show an empty Partition: wait for both.
+        """
+        names = ["JobID", "Partition", "State", *[f for f in fields if f not in ("JobID", "Partition", "State")]]
+        command = ["sacct", "-n", "-P", f"--format={','.join(names)}", "-j", job_id, *([] if steps else ["-X"])]
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            result = self.run(command, check=False, timeout=30)
+            rows = [dict(zip(names, line.split("|"))) for line in result.stdout.splitlines() if line.count("|") == len(names) - 1]
+            first = rows[0] if rows and rows[0]["JobID"] == job_id else {}
+            if first.get("Partition") and first.get("State") not in (None, "", "PENDING", "RUNNING"):
+                return rows
+            time.sleep(1)
+        raise AssertionError(f"sacct has no finished record of job {job_id} after {timeout} s: {rows}\n{self.logs()}")
+
     def logs(self, lines: int = 15) -> str:
         """The tails of the daemon logs (and of their stdout/stderr, which has start-up errors), for error messages."""
         parts = []

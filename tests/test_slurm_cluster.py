@@ -14,28 +14,8 @@ pytestmark = pytest.mark.slurm
 
 
 def sacct_record(cluster: MiniLumi, job_id: str, timeout: float = 60) -> dict[str, str]:
-    """The job's allocation record once it is complete in the accounting database.
-
-    The batch step's records can reach the database before the job's own start record (slurmctld sends that
-    one every few seconds), so a finished job can briefly show an empty Partition: wait for both.
-    """
-    fields = ["JobID", "Partition", "Account", "AllocTRES", "State"]
-    deadline = time.monotonic() + timeout
-    record: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        result = cluster.run(
-            ["sacct", "-X", "-n", "-P", f"--format={','.join(fields)}", "-j", job_id], check=False, timeout=30
-        )
-        for line in result.stdout.splitlines():
-            values = line.split("|")
-            if len(values) == len(fields) and values[0] == job_id:
-                record = dict(zip(fields, values))
-        if record.get("Partition") and record.get("State") not in (None, "", "PENDING", "RUNNING"):
-            return record
-        time.sleep(1)
-    raise AssertionError(
-        f"sacct has no finished record of job {job_id} after {timeout} s: {record}\n{cluster.logs()}"
-    )
+    """The job's allocation record once it is complete in the accounting database."""
+    return cluster.sacct(job_id, ["JobID", "Partition", "Account", "AllocTRES", "State"], timeout=timeout)[0]
 
 
 def test_partitions_and_time_limits(slurm_cluster):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import time
 
 import pytest
 import yaml
@@ -73,22 +71,9 @@ def slurm_job_ids(project) -> dict[str, str]:
     return ids
 
 
-def sacct(cluster, job_id: str, fields: str, timeout: float = 60) -> list[dict[str, str]]:
-    """sacct rows of a job (allocation first, then its steps). The accounting database can lag a few seconds
-    behind a finished job (partition and account still empty or defaulted): poll until the record is whole."""
-    names = ["Partition", "Account", "State", *[f for f in fields.split(",") if f not in ("Partition", "Account", "State")]]
-    deadline = time.monotonic() + timeout
-    while True:
-        out = subprocess.run(
-            ["sacct", "-n", "-P", "-j", job_id, f"--format={','.join(names)}"],
-            capture_output=True, text=True, check=True, timeout=30, env=cluster.subprocess_env(),
-        ).stdout
-        rows = [dict(zip(names, line.split("|"))) for line in out.splitlines() if line]
-        if rows and rows[0]["Partition"] and rows[0]["Account"] == ACCOUNT and rows[0]["State"] == "COMPLETED":
-            return rows
-        if time.monotonic() > deadline:
-            return rows
-        time.sleep(1)
+def sacct(cluster, job_id: str, fields: str) -> list[dict[str, str]]:
+    """The job's sacct rows, allocation first, then its steps (polled until the record is complete)."""
+    return cluster.sacct(job_id, ["Account", *fields.split(",")], steps=True)
 
 
 def test_every_step_ran_as_a_slurm_job(lumi_run):
