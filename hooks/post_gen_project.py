@@ -27,14 +27,8 @@ TEMPLATE_VERSION = {{ cookiecutter._template_version | tojson }}
 RAW_DATA = Path("data/raw/digits.csv")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
 
-# What is vendored where: (template path, project path).
+# What is vendored where, besides every rule module rules_lib/*.smk -> workflow/rules/: (template path, project path).
 VENDORED = [
-    ("rules_lib/common.smk", "workflow/rules/common.smk"),
-    ("rules_lib/tracking.smk", "workflow/rules/tracking.smk"),
-    ("rules_lib/fetch.smk", "workflow/rules/fetch.smk"),
-    ("rules_lib/prepare.smk", "workflow/rules/prepare.smk"),
-    ("rules_lib/train.smk", "workflow/rules/train.smk"),
-    ("rules_lib/evaluate.smk", "workflow/rules/evaluate.smk"),
     ("rules_lib/report", "workflow/report"),
     ("rules_lib/envs", "workflow/envs"),
     ("rules_lib/smkml", "workflow/lib/smkml"),
@@ -80,7 +74,11 @@ def dvc(*args, **kwargs):
 
 
 def vendor():
-    for source, target in VENDORED:
+    parts = [
+        (f"rules_lib/{module.name}", f"workflow/rules/{module.name}")
+        for module in sorted((TEMPLATE_DIR / "rules_lib").glob("*.smk"))
+    ] + VENDORED
+    for source, target in parts:
         src, dst = TEMPLATE_DIR / source, PROJECT_DIR / target
         if not src.exists():
             sys.exit(f"ERROR: template file {src} is missing: is '{TEMPLATE_DIR}' a complete template checkout?")
@@ -95,13 +93,13 @@ def vendor():
         f"Template version {TEMPLATE_VERSION}. These files are copies of the template's shared parts, so the",
         "project runs without the template and without internet. Update them with the template, not by hand:",
         "",
-        *[f"- `{target}` from `{source}`" for source, target in VENDORED],
+        *[f"- `{target}` from `{source}`" for source, target in parts],
         "",
     ]
     (PROJECT_DIR / "workflow/rules/VENDORED.md").write_text("\n".join(lines))
     if ACCOUNT:
         set_account(ACCOUNT)
-    step(f"vendored {len(VENDORED)} shared parts from {TEMPLATE_DIR}")
+    step(f"vendored {len(parts)} shared parts from {TEMPLATE_DIR}")
 
 
 def set_account(account):
