@@ -1,3 +1,14 @@
+from smkml.launch import container_probe, resolve_container
+
+# The container training runs in (config `container:`, cluster defaults from cluster.yaml); checked while parsing.
+TRAIN_CONTAINER = resolve_container(
+    config.get("container"),
+    CLUSTER,
+    gpus=TRAIN_NEEDS["gpus"] if CLUSTER else 0,
+    project_dir=Path.cwd(),
+)
+
+
 rule train_model:
     input:
         train=f"{PROCESSED_DIR}/train.npz",
@@ -14,12 +25,14 @@ rule train_model:
         **step_resources("train_model", tasks=TRAIN_RANKS),
     params:
         ranks=TRAIN_RANKS,
+        probe=container_probe(TRAIN_CONTAINER),
         command=lambda wildcards, input, output: training_command(
             launcher=config["launcher"],
             backend=config["train"]["backend"],
             processes=TRAIN_RANKS,
             package=PACKAGE,
             launcher_options=vocabulary.srun_options(TRAIN_NEEDS, CLUSTER),
+            container=TRAIN_CONTAINER,
             args=[
                 "--train",
                 input.train,
@@ -34,4 +47,4 @@ rule train_model:
     message:
         "Training with {config[train][backend]} on {params.ranks} rank(s)"
     shell:
-        "{params.command} > {log} 2>&1"
+        "({params.probe}; {params.command}) > {log} 2>&1"

@@ -1,21 +1,104 @@
-"""Compose the training command line: launcher -> (container runtime) -> python -m <package>.train.
+"""Compose the training command line: launcher -> container runtime -> python -m <package>.train.
 
-This is the one place that decides how ranks are started. The launcher comes from the profile
-(`config: launcher`), the backend from config/config.yaml.
+This is the one place that decides how ranks are started and where they run. Each layer is chosen in one place:
+
+    launcher   the profile (`config: launcher`): local (horovodrun/torchrun), srun or mpirun inside a Slurm job
+    runtime    config/config.yaml `container:` (runtime, image, gpu, binds), with per-cluster defaults (GPU flavour,
+               host binds) from the cluster description profiles/<cluster>/cluster.yaml `container:`
+    python     `python -m <package>.train --backend <train.backend>`
+
+On a cluster the launcher starts one container per rank (`srun ... singularity exec ... python`), as LUMI and LRZ
+do; locally the launcher is itself a Python program shipped with torch/Horovod, so it runs inside the container
+(`ch-run ... -- torchrun ... -m <package>.train`) and the ranks share the image's environment.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 LAUNCHERS = ("local", "srun", "mpirun")
 BACKENDS = ("horovod", "torch_ddp")
+RUNTIMES = ("none", "apptainer", "singularity", "charliecloud")
+GPU_FLAVOURS = ("auto", "none", "rocm", "cuda")
+# The metadata file every image built from containers/ carries (lock hash, base image, template version).
+IMAGE_METADATA = "/etc/smkml-image.json"
+BUILD_HINTS = {
+    "apptainer": "build one with containers/build.sh cuda|lumi (or cotainr on LUMI, see containers/lumi/)",
+    "singularity": "build one with containers/build.sh cuda|lumi (or cotainr on LUMI, see containers/lumi/)",
+    "charliecloud": "build one with containers/build.sh cpu (containers/cpu/build-charliecloud.sh)",
+}
 
 
-def _check(name: str, value: str, allowed: Sequence[str]) -> None:
+class ContainerError(ValueError):
+    """A container setting that cannot work, named with what is allowed."""
+
+
+def _check(name: str, value: str, allowed: Sequence[str], error=ValueError) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} '{value}' is not supported (allowed: {', '.join(allowed)})")
+        raise error(f"{name} '{value}' is not supported (allowed: {', '.join(allowed)})")
+
+
+def resolve_container(
+    container: dict | None,
+    cluster: dict | None = None,
+    gpus: int = 0,
+    project_dir: str | Path = ".",
+    check_image: bool = True,
+) -> dict:
+    """The container a training step runs in: config `container:` merged with the cluster's defaults.
+
+    Returns {runtime, image, gpu (none|rocm|cuda), binds, workdir (the absolute `project_dir`, where jobs run)}.
+    `gpu: auto` takes the cluster description's `container.gpu` for steps that request GPUs, else none. Apptainer/Singularity get the cluster's
+    `container.apptainer_binds` (on LUMI the Cray MPI and Slingshot libraries of the host) before the config's
+    `binds`. Rejects unknown runtimes and GPU flavours, a missing image and GPU flags Charliecloud does not have.
+    """
+    container = dict(container or {})
+    runtime = container.get("runtime", "none")
+    _check("container.runtime", runtime, RUNTIMES, ContainerError)
+    gpu = container.get("gpu", "auto")
+    _check("container.gpu", gpu, GPU_FLAVOURS, ContainerError)
+    defaults = (cluster or {}).get("container", {}) or {}
+    workdir = str(Path(project_dir).absolute())
+    if runtime == "none":
+        return {"runtime": "none", "image": "", "gpu": "none", "binds": [], "workdir": workdir}
+    image = str(container.get("image") or "")
+    if not image:
+        raise ContainerError(f"container.image is empty: runtime '{runtime}' needs an image; {BUILD_HINTS[runtime]}")
+    if check_image and "://" not in image and not (Path(workdir) / image).exists():
+        raise ContainerError(f"container.image '{image}' does not exist (runtime '{runtime}'); {BUILD_HINTS[runtime]}")
+    if gpu == "auto":
+        gpu = defaults.get("gpu", "none") if gpus and runtime != "charliecloud" else "none"
+        _check(f"container.gpu of cluster '{(cluster or {}).get('name')}'", gpu, GPU_FLAVOURS[1:], ContainerError)
+    if runtime == "charliecloud" and gpu != "none":
+        raise ContainerError(
+            f"container.gpu '{gpu}' is not supported by charliecloud (allowed: auto, none): ch-run has no GPU flag; "
+            "inject the host's GPU libraries into the image with ch-fromhost instead"
+        )
+    binds = [str(bind) for bind in container.get("binds", []) or []]
+    if runtime in ("apptainer", "singularity"):
+        binds = [*map(str, defaults.get("apptainer_binds", []) or []), *binds]
+    return {"runtime": runtime, "image": image, "gpu": gpu, "binds": binds, "workdir": workdir}
+
+
+def runtime_prefix(container: dict | None) -> list[str]:
+    """The words that run the command that follows inside the container (nothing for runtime none)."""
+    if not container or container["runtime"] == "none":
+        return []
+    runtime, image = container["runtime"], container["image"]
+    if runtime in ("apptainer", "singularity"):
+        # The current directory (the project) is bound by default; the host environment passes through, so
+        # rank variables (SLURM_*, OMPI_*, RANK, ...) reach Python.
+        flags = {"rocm": ["--rocm"], "cuda": ["--nv"], "none": []}[container["gpu"]]
+        binds = [word for bind in container["binds"] for word in ("-B", bind)]
+        return [runtime, "exec", *flags, *binds, image]
+    # Charliecloud: the project directory at the same path (the image has that mount point, see
+    # containers/cpu/build-charliecloud.sh), started there; PATH and friends from the image (/ch/environment).
+    workdir = container["workdir"]
+    binds = [word for bind in container["binds"] for word in ("-b", bind)]
+    return ["ch-run", "--set-env", "-b", workdir, *binds, "-c", workdir, image, "--"]
 
 
 def launcher_prefix(launcher: str, backend: str, processes: int, options: Sequence[str] = ()) -> list[str]:
@@ -47,11 +130,39 @@ def training_command(
     package: str,
     args: Sequence[str],
     launcher_options: Sequence[str] = (),
+    container: dict | None = None,
 ) -> str:
-    """A shell-quoted command line that trains with `processes` ranks."""
+    """A shell-quoted command line that trains with `processes` ranks (in `container`, from resolve_container)."""
     prefix = launcher_prefix(launcher, backend, processes, launcher_options)
     if prefix[:1] == ["torchrun"]:
         python = ["-m", f"{package}.train"]
     else:
         python = ["python", "-m", f"{package}.train"]
-    return shlex.join([*prefix, *python, "--backend", backend, *args])
+    runtime = runtime_prefix(container)
+    # Slurm launchers start one container per rank; local launchers run inside the container.
+    layers = [*runtime, *prefix] if launcher == "local" else [*prefix, *runtime]
+    return shlex.join([*layers, *python, "--backend", backend, *args])
+
+
+PROBE = (
+    'import os, sys; path = "{path}"; '
+    'print("container python:", sys.executable, flush=True); '
+    'print("container image:", open(path).read().strip() if os.path.exists(path) else "no " + path, flush=True)'
+)
+
+
+def container_probe(container: dict | None) -> str:
+    """A command that reports, from inside the container, its Python and the image's build metadata.
+
+    The training rule writes its output at the top of the training log, so the log says where training ran.
+    """
+    if not container or container["runtime"] == "none":
+        return "true"
+    header = f"container: {container['runtime']} {container['image']}"
+    code = PROBE.format(path=IMAGE_METADATA)
+    return f"echo {shlex.quote(header)}; " + shlex.join([*runtime_prefix(container), "python", "-c", code])
+
+
+def image_metadata(path: str | Path) -> dict:
+    """The build metadata of an image directory (Charliecloud) or an extracted image root."""
+    return json.loads((Path(path) / IMAGE_METADATA.lstrip("/")).read_text())

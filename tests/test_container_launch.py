@@ -1,0 +1,221 @@
+"""The container runtime layer of a training launch: golden command lines per runtime x launcher, clear errors.
+
+Each line is what a generated project's `train_model` rule runs (launcher -> runtime -> python), composed by
+`training_command` in rules_lib/smkml/launch.py from the config's `container:` section and the cluster
+description's `container:` defaults. A project generated from the template is checked too: a bad runtime or a
+missing image stops `snakemake` while it parses the workflow, naming the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import TEMPLATE_DIR, generate, run
+
+sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib"))
+from smkml import resources  # noqa: E402
+from smkml.launch import ContainerError, container_probe, resolve_container, training_command  # noqa: E402
+
+PROFILES = TEMPLATE_DIR / "profiles"
+WORKDIR = "/scratch/project_465000001/demo"
+LUMI_MASK = (
+    "mask_cpu:0x00fe000000000000,0xfe00000000000000,0x0000000000fe0000,0x00000000fe000000,"
+    "0x00000000000000fe,0x000000000000fe00,0x000000fe00000000,0x0000fe0000000000"
+)
+LUMI_BINDS = "-B /var/spool/slurmd -B /opt/cray -B /usr/lib64/libcxi.so.1"
+IMAGES = {"apptainer": "containers/images/demo.sif", "singularity": "containers/images/demo.sif",
+          "charliecloud": "containers/images/cpu"}
+
+# Launch situations: (launcher, cluster, backend, resources of train_model). The rank count follows from them.
+SITUATIONS = {
+    "local-horovod": ("local", None, "horovod", {}),
+    "local-ddp": ("local", None, "torch_ddp", {}),
+    "srun-lumi": ("srun", "lumi", "horovod", {"gpus": 8, "nodes": 2}),  # two full LUMI-G nodes, 16 ranks
+    "srun-slurm": ("srun", "slurm", "torch_ddp", {"gpus": 8, "nodes": 2}),
+    "mpirun-lumi": ("mpirun", "lumi", "horovod", {"gpus": 2, "nodes": 1}),
+    "srun-lumi-cpu": ("srun", "lumi", "torch_ddp", {"gpus": 0}),  # CPU training: 2 ranks, no GPU flag
+}
+
+CH = f"ch-run --set-env -b {WORKDIR} -c {WORKDIR} containers/images/cpu --"
+GOLDEN = {
+    ("none", "local-horovod"): "horovodrun -np 2 -H localhost:2 --gloo python -m demo.train --backend horovod",
+    ("none", "local-ddp"): "torchrun --standalone --nnodes=1 --nproc-per-node=2 -m demo.train --backend torch_ddp",
+    ("none", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} python -m demo.train --backend horovod",
+    ("none", "srun-slurm"): "srun --ntasks=16 python -m demo.train --backend torch_ddp",
+    ("none", "mpirun-lumi"): "mpirun -np 2 --bind-to none python -m demo.train --backend horovod",
+    ("none", "srun-lumi-cpu"): "srun --ntasks=2 python -m demo.train --backend torch_ddp",
+    # Apptainer / Singularity: one container per rank on Slurm; the local launcher runs inside the image.
+    ("apptainer", "local-horovod"): "apptainer exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 --gloo "
+    "python -m demo.train --backend horovod",
+    ("apptainer", "local-ddp"): "apptainer exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
+    "--nproc-per-node=2 -m demo.train --backend torch_ddp",
+    ("apptainer", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} apptainer exec --rocm {LUMI_BINDS} "
+    "containers/images/demo.sif python -m demo.train --backend horovod",
+    ("apptainer", "srun-slurm"): "srun --ntasks=16 apptainer exec --nv containers/images/demo.sif "
+    "python -m demo.train --backend torch_ddp",
+    ("apptainer", "mpirun-lumi"): f"mpirun -np 2 --bind-to none apptainer exec --rocm {LUMI_BINDS} "
+    "containers/images/demo.sif python -m demo.train --backend horovod",
+    ("apptainer", "srun-lumi-cpu"): f"srun --ntasks=2 apptainer exec {LUMI_BINDS} containers/images/demo.sif "
+    "python -m demo.train --backend torch_ddp",
+    ("singularity", "local-horovod"): "singularity exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 "
+    "--gloo python -m demo.train --backend horovod",
+    ("singularity", "local-ddp"): "singularity exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
+    "--nproc-per-node=2 -m demo.train --backend torch_ddp",
+    # LUMI's documented launch: srun --cpu-bind=mask_cpu:... singularity exec --rocm -B <binds> image python ...
+    ("singularity", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec --rocm {LUMI_BINDS} "
+    "containers/images/demo.sif python -m demo.train --backend horovod",
+    ("singularity", "srun-slurm"): "srun --ntasks=16 singularity exec --nv containers/images/demo.sif "
+    "python -m demo.train --backend torch_ddp",
+    ("singularity", "mpirun-lumi"): f"mpirun -np 2 --bind-to none singularity exec --rocm {LUMI_BINDS} "
+    "containers/images/demo.sif python -m demo.train --backend horovod",
+    ("singularity", "srun-lumi-cpu"): f"srun --ntasks=2 singularity exec {LUMI_BINDS} containers/images/demo.sif "
+    "python -m demo.train --backend torch_ddp",
+    # Charliecloud (LRZ practice: mpiexec ... ch-run -b ... image -- python ...): no GPU flag, no LUMI binds.
+    ("charliecloud", "local-horovod"): f"{CH} horovodrun -np 2 -H localhost:2 --gloo python -m demo.train "
+    "--backend horovod",
+    ("charliecloud", "local-ddp"): f"{CH} torchrun --standalone --nnodes=1 --nproc-per-node=2 -m demo.train "
+    "--backend torch_ddp",
+    ("charliecloud", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} {CH} python -m demo.train "
+    "--backend horovod",
+    ("charliecloud", "srun-slurm"): f"srun --ntasks=16 {CH} python -m demo.train --backend torch_ddp",
+    ("charliecloud", "mpirun-lumi"): f"mpirun -np 2 --bind-to none {CH} python -m demo.train --backend horovod",
+    ("charliecloud", "srun-lumi-cpu"): f"srun --ntasks=2 {CH} python -m demo.train --backend torch_ddp",
+}
+
+
+def launch_line(runtime: str, situation: str, **container) -> str:
+    """The training command as train.smk composes it (resources -> ranks, srun options, container)."""
+    launcher, cluster_name, backend, needs = SITUATIONS[situation]
+    cluster = resources.load_cluster(cluster_name, PROFILES)
+    step = resources.step_needs({"resources": {"train_model": needs}}, "train_model")
+    ranks = resources.ranks(step, 2) if cluster else 2
+    spec = {"runtime": runtime, **({"image": IMAGES[runtime]} if runtime != "none" else {}), **container}
+    resolved = resolve_container(spec, cluster, gpus=step["gpus"] if cluster else 0, project_dir=WORKDIR, check_image=False)
+    return training_command(
+        launcher=launcher, backend=backend, processes=ranks, package="demo", args=[],
+        launcher_options=resources.srun_options(step, cluster) if cluster else [], container=resolved,
+    )
+
+
+@pytest.mark.parametrize("key", sorted(GOLDEN), ids=lambda key: "-".join(key))
+def test_golden_command_lines(key):
+    runtime, situation = key
+    assert launch_line(runtime, situation) == GOLDEN[key]
+
+
+def test_every_runtime_and_launcher_is_pinned():
+    from smkml.launch import LAUNCHERS, RUNTIMES
+
+    assert {runtime for runtime, _ in GOLDEN} == set(RUNTIMES)
+    assert {SITUATIONS[situation][0] for _, situation in GOLDEN} == set(LAUNCHERS)
+
+
+@pytest.mark.parametrize(
+    "container, expected",
+    [
+        # An explicit flavour wins over the cluster's; extra binds follow the cluster's.
+        ({"gpu": "cuda", "binds": ["/scratch/project_465000001:/data"]},
+         f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec --nv {LUMI_BINDS} -B /scratch/project_465000001:/data "
+         "containers/images/demo.sif python -m demo.train --backend horovod"),
+        ({"gpu": "none"},
+         f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec {LUMI_BINDS} containers/images/demo.sif "
+         "python -m demo.train --backend horovod"),
+    ],
+    ids=["cuda-and-extra-bind", "no-gpu-flag"],
+)
+def test_config_overrides_cluster_defaults(container, expected):
+    assert launch_line("singularity", "srun-lumi", **container) == expected
+
+
+def test_charliecloud_extra_binds():
+    line = launch_line("charliecloud", "srun-slurm", binds=["/data/shared"])
+    assert line == (f"srun --ntasks=16 ch-run --set-env -b {WORKDIR} -b /data/shared -c {WORKDIR} containers/images/cpu "
+                    "-- python -m demo.train --backend torch_ddp")
+
+
+def test_probe_reports_from_inside_the_container():
+    resolved = resolve_container({"runtime": "singularity", "image": "x.sif"}, project_dir=WORKDIR, check_image=False)
+    probe = container_probe(resolved)
+    assert probe.startswith("echo 'container: singularity x.sif'; singularity exec x.sif python -c ")
+    assert "/etc/smkml-image.json" in probe
+    assert container_probe(resolve_container(None)) == "true"
+
+
+@pytest.mark.parametrize(
+    "container, gpus, message",
+    [
+        ({"runtime": "docker"}, 0,
+         "container.runtime 'docker' is not supported (allowed: none, apptainer, singularity, charliecloud)"),
+        ({"runtime": "apptainer", "image": "x.sif", "gpu": "metal"}, 0,
+         "container.gpu 'metal' is not supported (allowed: auto, none, rocm, cuda)"),
+        ({"runtime": "singularity"}, 0, "container.image is empty: runtime 'singularity' needs an image"),
+        ({"runtime": "singularity", "image": "containers/images/missing.sif"}, 0,
+         "container.image 'containers/images/missing.sif' does not exist (runtime 'singularity')"),
+        ({"runtime": "charliecloud", "image": "containers/images/missing"}, 0,
+         "container.image 'containers/images/missing' does not exist (runtime 'charliecloud'); build one with "
+         "containers/build.sh cpu"),
+        ({"runtime": "charliecloud", "image": "img", "gpu": "rocm"}, 8,
+         "container.gpu 'rocm' is not supported by charliecloud (allowed: auto, none)"),
+    ],
+    ids=["unknown-runtime", "unknown-gpu", "no-image", "missing-sif", "missing-charliecloud-dir", "charliecloud-gpu"],
+)
+def test_bad_container_settings_are_named(tmp_path, container, gpus, message):
+    (tmp_path / "img").mkdir()
+    with pytest.raises(ContainerError) as error:
+        resolve_container(container, resources.load_cluster("lumi", PROFILES), gpus=gpus, project_dir=tmp_path)
+    assert message in str(error.value)
+
+
+def test_existing_image_is_accepted_relative_to_the_project(tmp_path):
+    (tmp_path / "containers/images").mkdir(parents=True)
+    (tmp_path / "containers/images/demo.sif").write_bytes(b"")
+    resolved = resolve_container({"runtime": "apptainer", "image": "containers/images/demo.sif"}, project_dir=tmp_path)
+    assert resolved == {"runtime": "apptainer", "image": "containers/images/demo.sif", "gpu": "none", "binds": [],
+                        "workdir": str(tmp_path)}
+
+
+# ---------------------------------------------------------------- a generated project, parsed by snakemake
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("container-config"), training_backend="torch_ddp", cluster="local")
+
+
+def dry_run(project, *config):
+    return run(["snakemake", "-n", "--profile", "profiles/local", "--config", "launcher=local", *config], project,
+               check=False, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("container={runtime: docker}",
+         "'docker' is not one of ['none', 'apptainer', 'singularity', 'charliecloud']"),
+        ("container={runtime: apptainer, gpu: metal, image: x.sif}",
+         "'metal' is not one of ['auto', 'none', 'rocm', 'cuda']"),
+        ("container={runtime: singularity, image: containers/images/nope.sif}",
+         "container.image 'containers/images/nope.sif' does not exist (runtime 'singularity')"),
+    ],
+    ids=["schema-runtime", "schema-gpu", "missing-image"],
+)
+def test_project_rejects_bad_container_config_while_parsing(project, setting, message):
+    result = dry_run(project, setting)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (project / "logs").exists()
+
+
+def test_project_dry_run_shows_the_containerised_command(project):
+    (project / "containers/images").mkdir(parents=True, exist_ok=True)
+    (project / "containers/images/demo.sif").write_bytes(b"")
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    assert config["container"] == {"runtime": "none", "image": "", "gpu": "auto", "binds": []}
+    result = dry_run(project, "container={runtime: apptainer, image: containers/images/demo.sif}", "-p")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("apptainer exec containers/images/demo.sif torchrun --standalone --nnodes=1 --nproc-per-node=2 "
+            "-m digits_classifier.train --backend torch_ddp") in result.stdout
+    assert run(["git", "status", "--porcelain", "containers"], project).stdout == ""  # images are git-ignored
