@@ -1,20 +1,33 @@
 """Finish the generated project so that it runs from a clean clone, without the template:
 
 1. vendor the shared parts of the template (rules_lib/, profiles/, containers/) into the project;
-2. write the demo dataset (scikit-learn's bundled digits) to data/raw/;
-3. initialise git and DVC, configure the DVC remote, track the data with DVC and push it;
-4. commit everything, then drop the local data copy and DVC cache so the pipeline's first step
+2. record the template's location, commit and the answers in .cruft.json (for `cruft check` / `cruft update`);
+3. write the demo dataset (scikit-learn's bundled digits) to data/raw/;
+4. initialise git and DVC, configure the DVC remote, track the data with DVC and push it;
+5. commit everything, then drop the local data copy and DVC cache so the pipeline's first step
    really pulls the data from the remote, as it will in a fresh clone.
+
+When cruft renders the template (`cruft update`, `cruft diff`, which re-render the old and the new template
+version into temporary directories and diff them), only step 1 runs: the rest is the project's own state
+(git history, DVC cache and remote, data), which an update must not touch, and pushing data from a
+temporary render would be wasted work against the real remote. Cruft is recognised by the `_commit` it
+puts into the context; plain cookiecutter never sets it.
 """
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 PROJECT_DIR = Path.cwd()
-REPO_DIR = {{ cookiecutter._repo_dir | tojson }}
+# All answers and cookiecutter's own entries (_template, _repo_dir, _checkout; cruft adds _commit).
+CONTEXT = json.loads({{ cookiecutter | tojson | tojson }})
+RENDERED_BY_CRUFT = "_commit" in CONTEXT
+# cookiecutter sets _repo_dir; cruft calls cookiecutter's generate_files directly and does not.
+REPO_DIR = CONTEXT.get("_repo_dir") or "."
 PACKAGE = {{ cookiecutter.package_name | tojson }}
 SLUG = {{ cookiecutter.project_slug | tojson }}
 CLUSTER = {{ cookiecutter.cluster | tojson }}
@@ -25,6 +38,10 @@ AUTHOR = {{ cookiecutter.author_name | tojson }}
 EMAIL = {{ cookiecutter.author_email | tojson }}
 TEMPLATE_VERSION = {{ cookiecutter._template_version | tojson }}
 RAW_DATA = Path("data/raw/digits.csv")
+# What `cruft update` leaves alone: the project's own state, not template output.
+CRUFT_SKIP = [".git", ".dvc", ".dvcignore", "data", "results", "logs", "mlflow.db", "mlruns", ".snakemake", ".venv"]
+# Context entries that only describe this machine's generation run; not recorded in .cruft.json.
+UNRECORDED = {"_repo_dir", "_output_dir"}
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
 
 # What is vendored where, besides every rule module rules_lib/*.smk -> workflow/rules/: (template path, project path).
@@ -133,12 +150,10 @@ def init_repositories():
     dvc("init", "--quiet")
     dvc("config", "core.analytics", "false")
     url = remote_url()
+    # Only the URL goes into .dvc/config: the S3 endpoint and credentials come from the environment
+    # (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) wherever DVC runs.
     dvc("remote", "add", "--default", "storage", url)
-    if REMOTE_KIND == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            dvc("remote", "modify", "storage", "endpointurl", endpoint)
-    else:
+    if REMOTE_KIND != "s3":
         Path(url).mkdir(parents=True, exist_ok=True)
     dvc("add", "--quiet", str(RAW_DATA))
     step(f"tracked {RAW_DATA} with DVC; remote 'storage' is {url}")
@@ -155,22 +170,89 @@ def init_repositories():
 
 
 def push_data(url):
-    if REMOTE_KIND == "s3" and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
-        step(
-            f"NOTE: data not pushed to {url}: set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-            "(and AWS_ENDPOINT_URL, e.g. https://a3s.fi for CSC Allas), then run `dvc push`"
-        )
+    """Push the data; for S3 without credentials, leave it in the working tree for a later `dvc push`.
+
+    The remote is checked first by the project's own checker (workflow/lib/smkml/dvc_remote.py, the one the
+    fetch step uses): a missing bucket or a refused key stops generation with a message naming the fix.
+    """
+    sys.path.insert(0, str(PROJECT_DIR / "workflow" / "lib"))
+    from smkml import dvc_remote
+
+    try:
+        dvc_remote.check(PROJECT_DIR, "push", [])
+    except dvc_remote.NoCredentials as error:
+        step(f"NOTE: data not pushed: {error}; then run `dvc push`")
         return False
+    except dvc_remote.RemoteError as error:
+        sys.exit(f"ERROR: cannot push the data to the DVC remote: {error}")
     dvc("push", "--quiet")
     step(f"pushed the data to {url}")
     return True
 
 
+def template_source():
+    """(template URL or path, commit, directory inside the repository) for .cruft.json, or None if not a git checkout."""
+    def git(*args):
+        result = subprocess.run(["git", "-C", str(TEMPLATE_DIR), *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit, toplevel = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
+    if not commit or not toplevel:
+        return None
+    given = str(CONTEXT.get("_template") or "")
+    abbreviation = re.match(r"^(gh|gl|bb):(.+)$", given)
+    if abbreviation:  # cookiecutter's built-in abbreviations, which git cannot clone
+        prefix = {"gh": "https://github.com/", "gl": "https://gitlab.com/", "bb": "https://bitbucket.org/"}
+        given = prefix[abbreviation.group(1)] + abbreviation.group(2)
+    given = re.sub(r"^(git|hg)\+", "", given)
+    remote = "://" in given or re.match(r"^[\w.-]+@[\w.-]+:", given)
+    template = given if remote else toplevel
+    directory = git("rev-parse", "--show-prefix").rstrip("/") or None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return template, commit, directory, dirty
+
+
+def record_template():
+    """Write .cruft.json as `cruft create` would, so that `cruft check` and `cruft update` work on this project."""
+    source = template_source()
+    if source is None:
+        step(f"NOTE: {TEMPLATE_DIR} is not a git checkout: no .cruft.json, so `cruft update` cannot follow the template")
+        return
+    template, commit, directory, dirty = source
+    answers = {key: value for key, value in CONTEXT.items() if key not in UNRECORDED}
+    answers.update({"_template": template, "_commit": commit})
+    state = {
+        "template": template,
+        "commit": commit,
+        "checkout": CONTEXT.get("_checkout"),
+        "context": {"cookiecutter": answers},
+        "directory": directory,
+        "skip": CRUFT_SKIP,
+    }
+    (PROJECT_DIR / ".cruft.json").write_text(json.dumps(state, ensure_ascii=False, indent=2) + "\n")
+    step(f"recorded the template ({template} at {commit[:12]}) in .cruft.json")
+    if dirty:
+        step("NOTE: the template has uncommitted changes; .cruft.json records its last commit")
+
+
 def main():
     vendor()
+    if RENDERED_BY_CRUFT:
+        step("rendered by cruft: vendored files only; git, DVC and data are left to the project")
+        if "create" in parent_command():
+            step("NOTE: create projects with `cookiecutter <template>`: it also sets up git, DVC and the data")
+        return
+    record_template()
     write_demo_data()
     init_repositories()
     step(f"done. Next: cd {PROJECT_DIR} && make run")
+
+
+def parent_command():
+    try:
+        return Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 if __name__ == "__main__":

@@ -99,10 +99,13 @@ def problems(answers):
 
 
 def missing_tools():
-    """Generation runs git and DVC and writes the demo data from scikit-learn."""
+    """Generation runs git and DVC (with S3 support for an s3 remote) and writes the demo data from scikit-learn."""
     if shutil.which("git") is None:
         yield "git is not installed: install git (Debian: apt-get install git)"
-    for module, package in (("dvc", "dvc"), ("sklearn", "scikit-learn")):
+    needed = [("dvc", "dvc"), ("sklearn", "scikit-learn")]
+    if ANSWERS["dvc_remote"] == "s3":  # DVC's S3 support, used by the push at generation
+        needed.append(("dvc_s3", "dvc-s3"))
+    for module, package in needed:
         if importlib.util.find_spec(module) is None:
             yield (
                 f"Python package '{package}' is missing from the environment running cookiecutter "

@@ -1,3 +1,8 @@
+# Before `dvc pull`, check that the remote is usable (credentials, endpoint, bucket, directory): a missing
+# AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC.
+DVC_REMOTE_CHECK = Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py"
+
+
 rule fetch_data:
     input:
         dvcfile=local(f"{RAW_DATA}.dvc"),
@@ -9,7 +14,10 @@ rule fetch_data:
         "../envs/pipeline.yaml"
     resources:
         **step_resources("fetch_data"),
+    params:
+        check=DVC_REMOTE_CHECK,
     message:
         "Pulling {output} from the DVC remote"
     shell:
-        "dvc pull --force {input.dvcfile} > {log} 2>&1"
+        "python {params.check} pull {input.dvcfile} > {log} 2>&1 || {{ cat {log} >&2; exit 1; }}; "
+        "dvc pull --force {input.dvcfile} >> {log} 2>&1"

@@ -1,0 +1,171 @@
+"""Check that the project's DVC remote can be used before `dvc pull` / `dvc push` talks to it.
+
+    python workflow/lib/smkml/dvc_remote.py pull data/raw/digits.csv.dvc
+    python workflow/lib/smkml/dvc_remote.py push
+
+DVC itself reports a missing credential or bucket as "failed to connect to s3 ... Unable to locate
+credentials" (or a botocore traceback). This check names what to do instead: the environment
+variables to set, the endpoint it tried, the bucket to create. It exits 0 when the remote is usable
+(or not needed: the data is already in the local DVC cache), else prints one `ERROR:` line and exits 1.
+
+S3 remotes (AWS, CSC Allas, any S3-compatible store) take the endpoint and the credentials from the
+environment, never from the repository: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
+(or a profile in ~/.aws/credentials, AWS_PROFILE). An `endpointurl`/`profile`/`region` set on the remote
+(`dvc remote modify --local storage endpointurl ...`) is honoured, as DVC honours it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+ALLAS_HINT = (
+    "for CSC Allas: `module load allas && allas-conf --mode s3cmd`, then export the keys it wrote to "
+    "~/.s3cfg as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and set AWS_ENDPOINT_URL=https://a3s.fi"
+)
+CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for storage other than AWS, "
+    f"e.g. https://a3s.fi); {ALLAS_HINT}"
+)
+
+
+class RemoteError(Exception):
+    """The remote cannot be used; the message says why and what to do."""
+
+
+class NoCredentials(RemoteError):
+    """No S3 credentials anywhere botocore looks (environment, ~/.aws, AWS_PROFILE)."""
+
+
+def dvc_config(project: Path):
+    from dvc.config import Config
+
+    return Config(dvc_dir=str(project / ".dvc"), validate=False)
+
+
+def default_remote(config) -> tuple[str, dict]:
+    name = config.get("core", {}).get("remote")
+    if not name:
+        raise RemoteError("the project has no default DVC remote: add one with `dvc remote add --default storage <url>`")
+    remote = config.get("remote", {}).get(name)
+    if not remote or not remote.get("url"):
+        raise RemoteError(f"the default DVC remote '{name}' is not configured (.dvc/config has no url for it)")
+    return name, dict(remote)
+
+
+def cached(project: Path, config, dvcfile: Path) -> bool:
+    """True when every output of the .dvc file is already in the local DVC cache (pull needs no remote)."""
+    try:
+        outs = yaml.safe_load(dvcfile.read_text()).get("outs") or []
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    cache_dir = Path(config.get("cache", {}).get("dir") or project / ".dvc" / "cache")
+    if not cache_dir.is_absolute():
+        cache_dir = project / ".dvc" / cache_dir
+    hashes = [out.get("md5", "") for out in outs]
+    return bool(hashes) and all(
+        len(md5) == 32 and (cache_dir / "files" / "md5" / md5[:2] / md5[2:]).is_file() for md5 in hashes
+    )
+
+
+def check_s3(name: str, remote: dict, action: str) -> str:
+    import botocore.session
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    url = remote["url"]
+    bucket = url[len("s3://") :].split("/", 1)[0]
+    session = botocore.session.Session(profile=remote.get("profile") or None)
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as error:  # e.g. AWS_PROFILE names a profile that does not exist
+        raise RemoteError(f"cannot read S3 credentials for DVC remote '{name}' ({url}): {error}; {CREDENTIALS_HINT}")
+    if credentials is None:
+        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {CREDENTIALS_HINT}")
+
+    endpoint = remote.get("endpointurl") or None
+    client = session.create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=remote.get("region") or None,
+        config=BotoConfig(connect_timeout=10, read_timeout=20, retries={"max_attempts": 2}),
+    )
+    where = client.meta.endpoint_url
+    try:
+        client.head_bucket(Bucket=bucket)
+    except EndpointConnectionError:
+        raise RemoteError(
+            f"cannot reach the S3 endpoint {where} for DVC remote '{name}' ({url}): check AWS_ENDPOINT_URL "
+            "(CSC Allas: https://a3s.fi) and the network (compute nodes often have no internet: "
+            "fetch on a login node first, e.g. `snakemake fetch_data` or `dvc pull`)"
+        )
+    except NoCredentialsError:
+        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {CREDENTIALS_HINT}")
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            raise RemoteError(
+                f"bucket '{bucket}' of DVC remote '{name}' ({url}) does not exist at {where}: create it "
+                f"(`s3cmd mb s3://{bucket}` or `aws s3 mb s3://{bucket}`), or point the remote elsewhere with "
+                "`dvc remote modify storage url s3://<bucket>/<path>`"
+            )
+        if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise RemoteError(
+                f"the S3 endpoint {where} refused the credentials for bucket '{bucket}' ({code}): check "
+                f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and that AWS_ENDPOINT_URL is the right service; "
+                f"{ALLAS_HINT}"
+            )
+        raise RemoteError(f"S3 endpoint {where} answered {code} for bucket '{bucket}' of DVC remote '{name}': {error}")
+    except BotoCoreError as error:
+        raise RemoteError(f"cannot use the S3 endpoint {where} for DVC remote '{name}' ({url}): {error}")
+    return f"DVC remote '{name}' ({url}) at {where}: bucket reachable, ready to {action}"
+
+
+def check_directory(name: str, remote: dict, project: Path, action: str) -> str:
+    url = remote["url"]
+    if "://" in url and not url.startswith("file://"):
+        return f"DVC remote '{name}' ({url}): not checked (only S3 and directory remotes are)"
+    path = Path(url.removeprefix("file://")).expanduser()
+    if not path.is_absolute():
+        path = project / ".dvc" / path  # DVC resolves relative remote paths against .dvc/
+    if action == "pull" and not path.is_dir():
+        raise RemoteError(
+            f"the DVC remote directory {path} (remote '{name}') does not exist on this machine: make it available "
+            "here, or point the remote elsewhere with `dvc remote modify storage url <directory>`"
+        )
+    if action == "push" and not path.is_dir() and not path.parent.is_dir():
+        raise RemoteError(f"cannot create the DVC remote directory {path}: its parent {path.parent} does not exist")
+    return f"DVC remote '{name}' ({path}): ready to {action}"
+
+
+def check(project: Path, action: str, dvcfiles: list[Path]) -> str:
+    config = dvc_config(project)
+    if action == "pull" and dvcfiles and all(cached(project, config, project / f) for f in dvcfiles):
+        return "the data is already in the local DVC cache: no remote needed"
+    name, remote = default_remote(config)
+    if remote["url"].startswith("s3://"):
+        return check_s3(name, remote, action)
+    return check_directory(name, remote, project, action)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["pull", "push"], help="what DVC is about to do")
+    parser.add_argument("dvcfiles", nargs="*", type=Path, help=".dvc files to be pulled (skip the check when cached)")
+    parser.add_argument("--project", type=Path, default=Path.cwd(), help="the project directory (default: .)")
+    args = parser.parse_args(argv)
+    try:
+        print(check(args.project.resolve(), args.action, args.dvcfiles))
+    except RemoteError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("AWS_EC2_METADATA_TIMEOUT", "2")
+    sys.exit(main())
