@@ -42,6 +42,11 @@ rule train_model:
                 input.run,
                 "--params",
                 json.dumps(config["train"]["hyperparameters"], sort_keys=True),
+                # Not a declared output: Snakemake deletes those when a job fails, and a rerun resumes from here.
+                "--checkpoint-dir",
+                "results/checkpoints/train_model",
+                "--checkpoint-every",
+                str(config["train"].get("checkpoint_every", 100)),
             ],
         ),
     message:

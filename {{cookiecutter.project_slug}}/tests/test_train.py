@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from {{ cookiecutter.package_name }} import backends, model as model_lib, train
+import torch
+
+from {{ cookiecutter.package_name }} import backends, checkpoints, model as model_lib, train
 
 
 class SingleProcess(backends.Backend):
@@ -19,6 +21,12 @@ class SingleProcess(backends.Backend):
 
     def allreduce_mean(self, value):
         return value
+
+    def allreduce_sum(self, tensor):
+        return tensor.clone()
+
+    def broadcast_object(self, obj):
+        return obj
 
     def shutdown(self):
         pass
@@ -37,10 +45,10 @@ def params(**changes):
 
 def test_training_learns_and_is_deterministic(tmp_path):
     features, labels = blobs()
-    net, spec, history = train.train(SingleProcess(), features, labels, params())
+    net, spec, history, _ = train.train(SingleProcess(), features, labels, params())
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["accuracy"] > 0.95
-    _, _, again = train.train(SingleProcess(), features, labels, params())
+    _, _, again, _ = train.train(SingleProcess(), features, labels, params())
     assert again == history
     model_lib.save(net, spec, tmp_path / "model.pt")
     loaded, loaded_spec = model_lib.load(tmp_path / "model.pt")
@@ -56,3 +64,96 @@ def test_global_batch_must_split_evenly_across_ranks():
 def test_unknown_hyperparameter_is_named():
     with pytest.raises(SystemExit, match=r"unknown training parameter\(s\) \['momentum'\]"):
         train.hyper_parameters(json.dumps({"momentum": 0.9}))
+
+
+class Interrupted(Exception):
+    pass
+
+
+class RebuildsOptimizer(SingleProcess):
+    """Like Horovod's DistributedOptimizer: prepare() returns a new optimizer object, without state."""
+
+    def prepare(self, model, optimizer):
+        return model, type(optimizer)(optimizer.param_groups)
+
+
+class DiesAfterCheckpoint(SingleProcess):
+    """Stops the run (as a kill would) right after the n-th checkpoint is on disk."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def allgather(self, values):
+        self.after -= 1
+        if self.after < 0:
+            raise Interrupted
+        return super().allgather(values)
+
+
+def state_of(net):
+    return {name: tensor.clone() for name, tensor in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("resumer", [SingleProcess, RebuildsOptimizer])
+@pytest.mark.parametrize("every", [7, 12])  # 7: checkpoints mid-epoch; 12 = steps per epoch: at epoch ends
+def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer):
+    features, labels = blobs()
+    p = params(dropout=0.2)  # dropout draws random numbers: the RNG state must be restored too
+    net, _, history, outcome = train.train(SingleProcess(), features, labels, p)
+    assert outcome.resumed_from_step == 0 and outcome.total_steps == 8 * 12
+
+    directory = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):  # dies before its 4th checkpoint is written
+        train.train(DiesAfterCheckpoint(3), features, labels, p, train.Checkpointing(directory, every))
+    assert (directory / checkpoints.FILE_NAME).is_file()
+    resumed, _, resumed_history, outcome = train.train(
+        resumer(), features, labels, p, train.Checkpointing(directory, every)
+    )
+    assert outcome.resumed_from_step == 3 * every
+    assert resumed_history == history
+    for name, tensor in state_of(net).items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_checkpoint_of_another_run_is_ignored_with_a_warning(tmp_path, capsys):
+    features, labels = blobs()
+    directory = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):
+        train.train(DiesAfterCheckpoint(1), features, labels, params(), train.Checkpointing(directory, 10))
+    _, _, history, outcome = train.train(
+        SingleProcess(), features, labels, params(learning_rate=0.01), train.Checkpointing(directory, 0)
+    )
+    assert outcome.resumed_from_step == 0
+    assert "params.learning_rate: 0.001 -> 0.01" in outcome.messages[0]
+    assert "WARNING: ignoring checkpoint" in capsys.readouterr().out
+    _, _, fresh, _ = train.train(SingleProcess(), features, labels, params(learning_rate=0.01))
+    assert history == fresh
+
+
+def test_world_size_is_part_of_a_checkpoint(tmp_path):
+    features, labels = blobs()
+    identity = checkpoints.fingerprint("horovod", 2, params(), {"n_features": 8}, checkpoints.data_digest(features, labels))
+    checkpoints.save(tmp_path, {"fingerprint": identity, "step": 5})
+    state, warning = checkpoints.load(tmp_path, {**identity, "world_size": 1})
+    assert state is None and "world_size: 2 -> 1" in warning
+    state, warning = checkpoints.load(tmp_path, identity)
+    assert warning is None and state["step"] == 5
+
+
+def test_a_partly_written_checkpoint_never_replaces_the_last_good_one(tmp_path):
+    identity = {"world_size": 1}
+    checkpoints.save(tmp_path, {"fingerprint": identity, "step": 10})
+    # what a writer killed mid-write leaves behind: a truncated temporary file next to the checkpoint
+    good = (tmp_path / checkpoints.FILE_NAME).read_bytes()
+    (tmp_path / f".{checkpoints.FILE_NAME}.killed.tmp").write_bytes(good[: len(good) // 2])
+    state, warning = checkpoints.load(tmp_path, identity)
+    assert warning is None and state["step"] == 10
+    checkpoints.clear(tmp_path)
+    assert not tmp_path.exists()
+
+
+def test_an_unreadable_checkpoint_is_reported_not_fatal(tmp_path):
+    (tmp_path / checkpoints.FILE_NAME).write_bytes(b"not a checkpoint")
+    state, warning = checkpoints.load(tmp_path, {})
+    assert state is None and "ignoring unreadable checkpoint" in warning

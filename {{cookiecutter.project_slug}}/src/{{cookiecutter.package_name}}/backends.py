@@ -30,14 +30,31 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        """Make all ranks start from rank 0's weights and average gradients across ranks."""
+        """Make all ranks start from rank 0's weights and average gradients across ranks.
+
+        Returns (model, optimizer) to train with; the optimizer may be a new object (Horovod's
+        DistributedOptimizer starts with empty state), so restore optimizer state into the returned one."""
 
     @abc.abstractmethod
     def allreduce_mean(self, value: float) -> float:
         """Mean of a scalar over all ranks."""
 
     @abc.abstractmethod
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a tensor over all ranks (a new tensor)."""
+
+    @abc.abstractmethod
+    def broadcast_object(self, obj):
+        """Rank 0's picklable object, on every rank."""
+
+    @abc.abstractmethod
     def shutdown(self) -> None: ...
+
+    def allgather(self, values: list[float]) -> list[list[float]]:
+        """Every rank's `values`, indexed by rank. Exact: each rank fills its own row, the others add zeros."""
+        table = torch.zeros(self.size, len(values), dtype=torch.float64)
+        table[self.rank] = torch.tensor(values, dtype=torch.float64)
+        return self.allreduce_sum(table).tolist()
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
@@ -71,6 +88,14 @@ class HorovodBackend(Backend):
 
     def allreduce_mean(self, value: float) -> float:
         return float(self.hvd.allreduce(torch.tensor(float(value)), op=self.hvd.Average).item())
+
+    def allreduce_sum(self, tensor):
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum)
+
+    def broadcast_object(self, obj):
+        # An explicit name: Horovod's default is the object's type name, which differs between rank 0's object
+        # and the placeholders of the other ranks (e.g. dict vs NoneType), and mismatched names never match up.
+        return self.hvd.broadcast_object(obj, root_rank=0, name="broadcast_object") if self.size > 1 else obj
 
     def shutdown(self) -> None:
         self.hvd.shutdown()
@@ -151,6 +176,18 @@ class TorchDDPBackend(Backend):
         tensor = torch.tensor(float(value))
         self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
         return float(tensor.item()) / self.size
+
+    def allreduce_sum(self, tensor):
+        tensor = tensor.clone()
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_object(self, obj):
+        if self.size == 1:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def shutdown(self) -> None:
         self.dist.destroy_process_group()

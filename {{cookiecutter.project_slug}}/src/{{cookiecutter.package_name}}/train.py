@@ -10,13 +10,14 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import backends, data, model as model_lib, tracking
+from . import backends, checkpoints, data, model as model_lib, tracking
 
 DEFAULTS = {
     "epochs": 30,
@@ -35,7 +36,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", required=True, help="where model.pt and history.json go")
     parser.add_argument("--params", default="{}", help="JSON object of training hyper-parameters")
     parser.add_argument("--run-file", help="MLflow run id file of the pipeline (rank 0 logs there)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="write a checkpoint here every --checkpoint-every steps and resume from it on start "
+        "(must not be a declared Snakemake output; removed when training finishes)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints (0: none)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per rank (default: the CPUs this process may use / local ranks)"
+    )
+    args = parser.parse_args(argv)
+    if args.checkpoint_every < 0:
+        parser.error("--checkpoint-every must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
 
 
 def hyper_parameters(raw: str) -> dict:
@@ -52,8 +69,42 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, params: dict):
-    """Train and return (model, history). History holds rank-averaged loss/accuracy per epoch."""
+@dataclass
+class Checkpointing:
+    """Where and how often to checkpoint (every `every` optimizer steps; 0: never, but still resume)."""
+
+    directory: Path
+    every: int = 100
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and step % self.every == 0 and step < total
+
+
+@dataclass
+class Outcome:
+    """What a training run did besides the model: where it started, how many steps it took and how fast."""
+
+    resumed_from_step: int = 0
+    total_steps: int = 0
+    checkpoints_written: int = 0
+    samples_per_second: float | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def train(
+    backend: backends.Backend,
+    features: np.ndarray,
+    labels: np.ndarray,
+    params: dict,
+    checkpointing: Checkpointing | None = None,
+):
+    """Train and return (model, spec, history, outcome). History holds rank-averaged loss/accuracy per epoch.
+
+    With `checkpointing`, rank 0 writes a checkpoint every `every` steps (model, optimizer, position, per-rank
+    partial epoch sums, history so far, RNG state) and a run that finds a matching checkpoint continues from it:
+    rank 0 reads it and broadcasts it, so every rank resumes from the same state and the resumed run takes the
+    same steps with the same numbers as an uninterrupted one.
+    """
     seed_everything(params["seed"])
     global_batch = params["batch_size"]
     if global_batch % backend.size:
@@ -62,6 +113,7 @@ def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, p
     steps = len(labels) // global_batch
     if steps == 0:
         raise SystemExit(f"batch_size {global_batch} is larger than the {len(labels)} training samples")
+    total = steps * params["epochs"]
 
     spec = {
         "n_features": int(features.shape[1]),
@@ -71,16 +123,64 @@ def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, p
     }
     net = model_lib.make_model(**spec)
     optimizer = torch.optim.Adam(net.parameters(), lr=params["learning_rate"])
+    outcome = Outcome(total_steps=total)
+    history: list[dict] = []
+    partial = [0.0, 0, 0]  # this rank's loss sum, correct predictions and samples in the current epoch
+    state = None
+    if checkpointing is not None:
+        identity = checkpoints.fingerprint(
+            backend.name, backend.size, params, spec, checkpoints.data_digest(features, labels)
+        )
+        state, warning = checkpoints.load(checkpointing.directory, identity) if backend.is_root else (None, None)
+        state = backend.broadcast_object(state)
+        if warning:
+            outcome.messages.append(f"WARNING: {warning}")
+        if state is not None:
+            net.load_state_dict(state["model"])
+            checkpoints.set_rng_state(state["rng"])
+            history = list(state["history"])
+            loss_sum, correct, seen = state["partial"][backend.rank]
+            partial = [loss_sum, int(correct), int(seen)]
+            outcome.resumed_from_step = int(state["step"])
+            outcome.messages.append(
+                f"resuming from checkpoint step {state['step']}/{total} (epoch {state['step'] // steps + 1})"
+            )
+        if backend.is_root:
+            for message in outcome.messages:
+                print(message, flush=True)
     net, optimizer = backend.prepare(net, optimizer)
+    if state is not None:  # after prepare(): Horovod's DistributedOptimizer is a new optimizer without state
+        optimizer.load_state_dict(state["optimizer"])
     loss_fn = nn.CrossEntropyLoss()
     x_all, y_all = torch.from_numpy(features), torch.from_numpy(labels)
 
-    history = []
-    for epoch in range(params["epochs"]):
+    def checkpoint(step: int, sums: list) -> None:
+        gathered = backend.allgather(sums)  # every rank's partial epoch sums, for an exact resume
+        if backend.is_root:
+            checkpoints.save(
+                checkpointing.directory,
+                {
+                    "fingerprint": identity,
+                    "step": step,
+                    "model": backend.unwrap(net).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "partial": gathered,
+                    "rng": checkpoints.rng_state(),
+                },
+            )
+            print(f"checkpoint at step {step}/{total} -> {checkpointing.directory / checkpoints.FILE_NAME}", flush=True)
+        outcome.checkpoints_written += 1
+
+    start = outcome.resumed_from_step
+    timed_samples, timed_seconds = 0, 0.0
+    for epoch in range(start // steps, params["epochs"]):
+        first = start - epoch * steps if epoch == start // steps else 0
         order = np.random.default_rng(params["seed"] + epoch).permutation(len(labels))
         net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps):
+        loss_sum, correct, seen = partial if first else (0.0, 0, 0)
+        epoch_started = time.perf_counter()
+        for step in range(first, steps):
             batch = order[step * global_batch : (step + 1) * global_batch]
             mine = batch[backend.rank * local_batch : (backend.rank + 1) * local_batch]
             x, y = x_all[mine], y_all[mine]
@@ -92,6 +192,12 @@ def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, p
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+            done = epoch * steps + step + 1
+            if checkpointing is not None and step < steps - 1 and checkpointing.due(done, total):
+                checkpoint(done, [loss_sum, correct, seen])
+        if epoch > start // steps:  # steady state: not the first (warm-up or partial) epoch of this process
+            timed_samples += (steps - first) * global_batch
+            timed_seconds += time.perf_counter() - epoch_started
         record = {
             "epoch": epoch + 1,
             "loss": backend.allreduce_mean(loss_sum / seen),
@@ -104,7 +210,12 @@ def train(backend: backends.Backend, features: np.ndarray, labels: np.ndarray, p
                 f"train accuracy {record['accuracy']:.4f}",
                 flush=True,
             )
-    return backend.unwrap(net), spec, history
+        done = (epoch + 1) * steps
+        if checkpointing is not None and checkpointing.due(done, total):
+            checkpoint(done, [0.0, 0, 0])
+    if timed_seconds > 0:
+        outcome.samples_per_second = timed_samples / timed_seconds
+    return backend.unwrap(net), spec, history, outcome
 
 
 def log_to_mlflow(run_file: str, net: nn.Module, example: np.ndarray, history: list[dict], world: int, seconds: float):
@@ -135,26 +246,41 @@ def main(argv: list[str] | None = None) -> None:
     params = hyper_parameters(args.params)
     backend = backends.create(args.backend)
     cpus = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cpus // backend.local_size))
+    torch.set_num_threads(args.threads or max(1, cpus // backend.local_size))
     features, labels = data.load_split(args.train)
     if backend.is_root:
         print(
             f"training with {backend.name} on {backend.size} rank(s), global batch "
-            f"{params['batch_size']}, {params['epochs']} epochs, {len(labels)} samples",
+            f"{params['batch_size']}, {params['epochs']} epochs, {len(labels)} samples, "
+            f"{torch.get_num_threads()} thread(s) per rank",
             flush=True,
         )
+    checkpointing = (
+        Checkpointing(Path(args.checkpoint_dir), args.checkpoint_every) if args.checkpoint_dir else None
+    )
     started = time.perf_counter()
-    net, spec, history = train(backend, features, labels, params)
+    net, spec, history, outcome = train(backend, features, labels, params, checkpointing)
     seconds = time.perf_counter() - started
     if backend.is_root:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model_lib.save(net, spec, out / "model.pt")
-        summary = {"backend": backend.name, "world_size": backend.size, "params": params,
-                   "seconds": seconds, "history": history}
+        summary = {
+            "backend": backend.name,
+            "world_size": backend.size,
+            "params": params,
+            "seconds": seconds,
+            "threads_per_rank": torch.get_num_threads(),
+            "samples_per_second": outcome.samples_per_second,
+            "resumed_from_step": outcome.resumed_from_step,
+            "total_steps": outcome.total_steps,
+            "history": history,
+        }
         (out / "history.json").write_text(json.dumps(summary, indent=2) + "\n")
         if args.run_file:
             log_to_mlflow(args.run_file, net, features[:5], history, backend.size, seconds)
+        if checkpointing is not None:
+            checkpoints.clear(checkpointing.directory)  # finished: a later run starts afresh
         print(f"saved {out / 'model.pt'} after {seconds:.1f} s", flush=True)
     backend.shutdown()
 
