@@ -5,6 +5,7 @@ rule evaluate_model:
         run=RUN_FILE,
     output:
         metrics="results/metrics.json",
+        predictions="results/predictions.csv",
         table=report(
             "results/metrics.html",
             caption="../report/metrics.rst",
@@ -28,4 +29,5 @@ rule evaluate_model:
     shell:
         "python -m {params.package}.evaluate --model {input.model} --test {input.test} "
         "--metrics {output.metrics} --table {output.table} "
-        "--confusion-plot {output.confusion} --run-file {input.run} > {log} 2>&1"
+        "--confusion-plot {output.confusion} --predictions {output.predictions} "
+        "--run-file {input.run} > {log} 2>&1"

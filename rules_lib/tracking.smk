@@ -16,3 +16,54 @@ rule start_tracking:
     shell:
         "python -m {params.package}.tracking start --out {output} "
         "--experiment {params.experiment:q} --params {params.config:q} > {log} 2>&1"
+
+
+rule record_provenance:
+    input:
+        metrics="results/metrics.json",
+        model="results/model/model.pt",
+        run=RUN_FILE,
+    output:
+        json="results/provenance.json",
+        html=report(
+            "results/provenance.html",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+    log:
+        "logs/record_provenance.log",
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        **step_resources("record_provenance"),
+    params:
+        config=json.dumps(config, sort_keys=True),
+        package=PACKAGE,
+    message:
+        "Recording provenance (git, data, lockfile, container, Slurm jobs) on the run and in the report"
+    shell:
+        "python -m {params.package}.provenance --config {params.config:q} --run-file {input.run} "
+        "--out-json {output.json} --out-html {output.html} > {log} 2>&1"
+
+
+rule register_model:
+    input:
+        metrics="results/metrics.json",
+        provenance="results/provenance.json",
+        run=RUN_FILE,
+    output:
+        "results/mlflow/registered_model.json",
+    log:
+        "logs/register_model.log",
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        **step_resources("register_model"),
+    params:
+        name=config["tracking"]["registered_model"],
+        package=PACKAGE,
+    message:
+        "Registering the trained model as a new version of {params.name} in the MLflow model registry"
+    shell:
+        "python -m {params.package}.tracking register --run-file {input.run} --name {params.name:q} "
+        "--metrics {input.metrics} --provenance {input.provenance} --out {output} > {log} 2>&1"

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--table", required=True)
     parser.add_argument("--confusion-plot", required=True)
+    parser.add_argument("--predictions", help="CSV of index, label, prediction for every held-out sample")
     parser.add_argument("--run-file")
     args = parser.parse_args(argv)
 
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     outputs[0].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     outputs[1].write_text(metrics_table(metrics))
     plot_confusion(labels, predictions, outputs[2])
+    if args.predictions:
+        rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
+        Path(args.predictions).write_text("index,label,prediction\n" + rows)
+        outputs.append(Path(args.predictions))
     if args.run_file:
         scalars = {f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
         scalars.update({f"test_f1_class_{c}": s["f1-score"] for c, s in metrics["per_class"].items()})

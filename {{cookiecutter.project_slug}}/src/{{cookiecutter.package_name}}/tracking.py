@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 
+MLFLOW_NAME = re.compile(r"^[\w\-. :/]+$")
+
+
 def flatten(values: dict, prefix: str = "") -> dict[str, str]:
-    """{'train': {'epochs': 3}} -> {'train.epochs': '3'} (MLflow params are flat strings)."""
+    """{'train': {'epochs': 3}} -> {'train.epochs': '3'} (MLflow params are flat strings). A mapping with keys
+    MLflow does not accept as names (e.g. globs such as `per_class.*`) is kept whole, as JSON."""
     flat: dict[str, str] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not all(MLFLOW_NAME.match(str(k)) for k in value):
+            flat[name] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, dict):
             flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
@@ -26,11 +35,18 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
 
 
 def start(run_file: str | Path, experiment: str, params: dict, run_name: str | None = None) -> str:
+    """Create the pipeline's run; under `mlflow run` (MLFLOW_RUN_ID set) adopt the run MLflow made."""
     import mlflow
 
-    mlflow.set_experiment(experiment)
+    from . import provenance
+
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(flatten(params))
+        mlflow.set_tags(provenance.to_tags(provenance.collect(".", config=params)))
+        mlflow.set_tags(provenance.slurm_job_tag("tracking"))
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
         info = {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
@@ -48,13 +64,17 @@ def read_run_file(run_file: str | Path) -> dict:
 
 
 @contextmanager
-def resume(run_file: str | Path):
-    """Log into the pipeline's run (created by `start`)."""
+def resume(run_file: str | Path, step: str | None = None):
+    """Log into the pipeline's run (created by `start`). Inside a Slurm job the step's job id becomes a tag
+    `slurm.job_id.<step>` (step: the module that logs, e.g. `train`, unless named)."""
     import mlflow
+
+    from . import provenance
 
     info = read_run_file(run_file)
     mlflow.set_tracking_uri(info["tracking_uri"])
     with mlflow.start_run(run_id=info["run_id"]) as run:
+        mlflow.set_tags(provenance.slurm_job_tag(step or Path(sys.argv[0]).stem))
         yield run
 
 
@@ -70,6 +90,41 @@ def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None
             mlflow.log_artifact(str(path))
 
 
+def latest_logged_model(info: dict):
+    """The newest model logged in the pipeline's run (the train step logs it)."""
+    import mlflow
+
+    models = mlflow.search_logged_models(
+        experiment_ids=[info["experiment_id"]],
+        filter_string=f"source_run_id = '{info['run_id']}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        output_format="list",
+    )
+    if not models:
+        raise SystemExit(f"error: run {info['run_id']} has no logged model: run the train step first")
+    return models[0]
+
+
+def register(run_file: str | Path, name: str, metrics: dict, provenance_tags: dict) -> dict:
+    """Register the run's model as a new version of `name`, tagged with the run's provenance and test scores."""
+    import mlflow
+
+    info = read_run_file(run_file)
+    mlflow.set_tracking_uri(info["tracking_uri"])
+    logged = latest_logged_model(info)
+    tags = {**provenance_tags, "mlflow.run_id": info["run_id"]}
+    tags.update({f"test_{key}": str(metrics[key]) for key in ("accuracy", "macro_f1") if key in metrics})
+    version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
+    return {
+        "name": name,
+        "version": int(version.version),
+        "model_uri": f"models:/{name}/{version.version}",
+        "model_id": logged.model_id,
+        "run_id": info["run_id"],
+        "tracking_uri": info["tracking_uri"],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tracking", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,9 +133,25 @@ def main(argv: list[str] | None = None) -> None:
     start_cmd.add_argument("--experiment", required=True)
     start_cmd.add_argument("--params", default="{}", help="JSON object logged as params")
     start_cmd.add_argument("--run-name")
+    register_cmd = sub.add_parser("register", help="register the run's model in the MLflow model registry")
+    register_cmd.add_argument("--run-file", required=True)
+    register_cmd.add_argument("--name", required=True, help="registered model name")
+    register_cmd.add_argument("--metrics", required=True, help="metrics JSON of the evaluate step")
+    register_cmd.add_argument("--provenance", required=True, help="provenance JSON of the run")
+    register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
-    run_id = start(args.out, args.experiment, json.loads(args.params), args.run_name)
-    print(f"MLflow run {run_id} in experiment '{args.experiment}'")
+    if args.command == "start":
+        run_id = start(args.out, args.experiment, json.loads(args.params), args.run_name)
+        print(f"MLflow run {run_id} in experiment '{args.experiment}'")
+        return
+    from . import provenance
+
+    prov = json.loads(Path(args.provenance).read_text())
+    registered = register(args.run_file, args.name, json.loads(Path(args.metrics).read_text()),
+                          provenance.to_tags(prov))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(registered, indent=2) + "\n")
+    print(f"registered {registered['model_uri']} (model {registered['model_id']}, run {registered['run_id']})")
 
 
 if __name__ == "__main__":

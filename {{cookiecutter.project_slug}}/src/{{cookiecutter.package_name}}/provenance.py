@@ -1,0 +1,212 @@
+"""Provenance: everything a number depends on, recorded next to it.
+
+`collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files and as
+found on disk), the lockfile hash, the container image digest (when training ran in a container), the Slurm job
+ids of the steps (when on Slurm), the Snakemake version, the profile and the config. The pipeline's last steps
+write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the MLflow run
+(`python -m {{ cookiecutter.package_name }}.provenance`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+LOCKFILE = "requirements.lock"
+SLURM_TAG = "slurm.job_id."
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def git_state(root: Path) -> dict:
+    """Commit and dirty flag (tracked or untracked, not ignored, files differ from the commit)."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
+    status = _git(root, "status", "--porcelain")
+    return {"commit": commit, "dirty": bool(status), "changed": status.splitlines() if status else []}
+
+
+def dvc_data(root: Path) -> dict:
+    """Every DVC-tracked file: the md5 its .dvc file records, and the md5 of the file on disk."""
+    tracked = {}
+    listed = _git(root, "ls-files", "*.dvc")
+    dvc_files = [root / name for name in listed.splitlines()] if listed else sorted(root.rglob("*.dvc"))
+    import yaml
+
+    for dvc_file in dvc_files:
+        if not dvc_file.is_file():
+            continue
+        for out in yaml.safe_load(dvc_file.read_text()).get("outs", []):
+            path = dvc_file.parent / out["path"]
+            name = str(path.relative_to(root))
+            present = md5_file(path) if path.is_file() else None
+            tracked[name] = {"md5": out.get("md5"), "present_md5": present, "matches": present == out.get("md5")}
+    return tracked
+
+
+def image_digest(image: str | None) -> str | None:
+    """sha256 of an image file (.sif); for a directory image (Charliecloud), of its recorded build metadata."""
+    if not image:
+        return None
+    path = Path(image)
+    if path.is_file():
+        return "sha256:" + sha256_file(path)
+    if path.is_dir():
+        for name in ("etc/smkml-image.json", "etc/image.json"):
+            if (path / name).is_file():
+                return "sha256:" + sha256_file(path / name) + f" ({name} of directory image)"
+        return f"directory image {path} (no build metadata found)"
+    return f"missing image {path}"
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def collect(root: str | Path = ".", *, config: dict | None = None, profile: str | None = None) -> dict:
+    root = Path(root).resolve()
+    config = config or {}
+    container = config.get("container") or {}
+    runtime = container.get("runtime", "none")
+    lock = root / LOCKFILE
+    return {
+        "git": git_state(root),
+        "data": dvc_data(root),
+        "lockfile": {"path": LOCKFILE, "sha256": sha256_file(lock) if lock.is_file() else None},
+        "container": {
+            "runtime": runtime,
+            "image": container.get("image") if runtime != "none" else None,
+            "digest": image_digest(container.get("image")) if runtime != "none" else None,
+        },
+        "slurm": {"job_ids": {}, "cluster": os.environ.get("SLURM_CLUSTER_NAME")},
+        "snakemake_version": _version("snakemake"),
+        "profile": profile or config.get("profile") or "none",
+        "config_sha256": config_hash(config),
+        "config": config,
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def slurm_job_tag(step: str) -> dict[str, str]:
+    """The tag a step sets on the pipeline's run when it runs inside a Slurm job."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {f"{SLURM_TAG}{step}": job} if job else {}
+
+
+def to_tags(prov: dict) -> dict[str, str]:
+    """Flat MLflow tags (strings; MLflow caps tag values, so the config goes in as a hash plus an artifact)."""
+    tags = {
+        "git.commit": prov["git"]["commit"],
+        "git.dirty": str(prov["git"]["dirty"]).lower(),
+        "lockfile.sha256": str(prov["lockfile"]["sha256"]),
+        "snakemake.version": str(prov["snakemake_version"]),
+        "snakemake.profile": prov["profile"],
+        "config.sha256": prov["config_sha256"],
+        "container.runtime": prov["container"]["runtime"],
+    }
+    if prov["container"]["digest"]:
+        tags["container.image"] = str(prov["container"]["image"])
+        tags["container.digest"] = prov["container"]["digest"]
+    for name, entry in prov["data"].items():
+        tags[f"dvc.md5.{name}"] = str(entry["md5"])
+    for step, job in prov["slurm"]["job_ids"].items():
+        tags[f"{SLURM_TAG}{step}"] = job
+    return tags
+
+
+def _rows(prov: dict) -> list[tuple[str, str]]:
+    rows = [
+        ("git commit", prov["git"]["commit"]),
+        ("uncommitted changes", {True: "yes", False: "no", None: "unknown"}[prov["git"]["dirty"]]),
+    ]
+    rows += [(f"data {name} (DVC md5)", f"{e['md5']}" + ("" if e["matches"] else f" — on disk: {e['present_md5']}"))
+             for name, e in prov["data"].items()]
+    rows += [
+        ("lockfile sha256", str(prov["lockfile"]["sha256"])),
+        ("container", prov["container"]["runtime"]
+         + (f": {prov['container']['image']} {prov['container']['digest']}" if prov["container"]["digest"] else "")),
+        ("Snakemake", str(prov["snakemake_version"])),
+        ("profile", prov["profile"]),
+        ("config sha256", prov["config_sha256"]),
+    ]
+    rows += [(f"Slurm job ({step})", job) for step, job in sorted(prov["slurm"]["job_ids"].items())]
+    return rows
+
+
+def to_html(prov: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in _rows(prov))
+    config = html.escape(json.dumps(prov["config"], indent=2, sort_keys=True))
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Provenance</title></head><body>"
+        f"<h2>Provenance</h2><table>{rows}</table><h3>Config</h3><pre>{config}</pre></body></html>\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m provenance", description=__doc__)
+    parser.add_argument("--config", required=True, help="the workflow config as JSON")
+    parser.add_argument("--profile", help="name of the Snakemake profile (default: config `profile`)")
+    parser.add_argument("--out-json", required=True)
+    parser.add_argument("--out-html", required=True)
+    parser.add_argument("--run-file", help="the pipeline's MLflow run: read the steps' Slurm job ids, write tags")
+    args = parser.parse_args(argv)
+
+    prov = collect(".", config=json.loads(args.config), profile=args.profile)
+    if args.run_file:
+        import mlflow
+
+        from . import tracking
+
+        with tracking.resume(args.run_file, step="provenance") as run:
+            recorded = mlflow.get_run(run.info.run_id).data.tags
+            prov["slurm"]["job_ids"].update(
+                {key[len(SLURM_TAG):]: value for key, value in recorded.items() if key.startswith(SLURM_TAG)}
+            )
+            prov["mlflow_run_id"] = run.info.run_id
+            mlflow.set_tags(to_tags(prov))
+            mlflow.log_dict(prov, "provenance.json")
+    for path in (args.out_json, args.out_html):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_json).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    Path(args.out_html).write_text(to_html(prov))
+    print(f"provenance: commit {prov['git']['commit'][:12]} dirty={prov['git']['dirty']} "
+          f"profile={prov['profile']} -> {args.out_json}")
+
+
+if __name__ == "__main__":
+    main()

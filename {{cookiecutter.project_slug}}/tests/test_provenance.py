@@ -1,0 +1,36 @@
+"""Provenance of this checkout: git, DVC hashes, lockfile, tags."""
+
+import hashlib
+
+from {{ cookiecutter.package_name }} import provenance
+
+
+def test_collect_records_git_data_and_lockfile(project_dir):
+    prov = provenance.collect(project_dir, config={"profile": "local"})
+    lock = project_dir / "requirements.lock"
+    assert prov["lockfile"]["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert "data/raw/digits.csv" in prov["data"]
+    assert len(prov["data"]["data/raw/digits.csv"]["md5"]) == 32
+    assert prov["profile"] == "local"
+    assert prov["container"] == {"runtime": "none", "image": None, "digest": None}
+    tags = provenance.to_tags(prov)
+    assert tags["dvc.md5.data/raw/digits.csv"] == prov["data"]["data/raw/digits.csv"]["md5"]
+    assert tags["lockfile.sha256"] == prov["lockfile"]["sha256"]
+    assert tags["git.dirty"] in ("true", "false")
+
+
+def test_image_digest_of_a_file_and_a_directory_image(tmp_path):
+    sif = tmp_path / "train.sif"
+    sif.write_bytes(b"image")
+    assert provenance.image_digest(str(sif)) == "sha256:" + hashlib.sha256(b"image").hexdigest()
+    (tmp_path / "img/etc").mkdir(parents=True)
+    (tmp_path / "img/etc/smkml-image.json").write_text("{}")
+    assert provenance.image_digest(str(tmp_path / "img")).startswith("sha256:" + hashlib.sha256(b"{}").hexdigest())
+    assert provenance.image_digest(str(tmp_path / "nope")).startswith("missing image")
+
+
+def test_slurm_job_tag_only_inside_slurm(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert provenance.slurm_job_tag("train") == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242"}
