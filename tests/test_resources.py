@@ -191,3 +191,19 @@ def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
     name, rule = key
     line = plugin_sbatch_line(mapped(resources.load_cluster(name, PROFILES), rule))
     assert " ".join(line.split()) == GOLDEN_SBATCH[key]
+
+
+@pytest.mark.parametrize("cluster_name", [None, "lumi", "slurm"])
+def test_mlflow_writers_take_the_one_mlflow_db_slot(cluster_name):
+    """Steps writing to the MLflow store hold `mlflow_db`, which every profile caps at 1 (no concurrent SQLite
+    writers on a parallel filesystem); other steps do not hold it."""
+    import yaml
+
+    cluster = resources.load_cluster(cluster_name, PROFILES) if cluster_name else None
+    config = {"resources": {"default": {"cpus": 1, "mem_mb": 1000, "runtime": 10}}}
+    for rule in ("start_tracking", "train_model", "evaluate_model", "record_provenance", "register_model"):
+        assert resources.scheduler_resources(config, cluster, ACCOUNT, rule)["mlflow_db"] == 1, rule
+    for rule in ("fetch_data", "prepare_data", "compare_to_reference"):
+        assert "mlflow_db" not in resources.scheduler_resources(config, cluster, ACCOUNT, rule), rule
+    for profile in ("local", "lumi", "slurm", "kubernetes"):
+        assert yaml.safe_load((PROFILES / profile / "config.yaml").read_text())["resources"] == {"mlflow_db": 1}

@@ -168,9 +168,16 @@ def srun_options(needs: dict, cluster: dict | None) -> list[str]:
     return [f"--cpu-bind={binding}"] if binding and full_node else []
 
 
+# Steps that write to the MLflow store. Each takes one unit of the global resource `mlflow_db`, which every
+# profile caps at 1: never two writers at once, so an SQLite store on a parallel filesystem (Lustre, NFS), whose
+# file locks cannot be trusted across nodes, never sees concurrent writes.
+MLFLOW_WRITERS = frozenset({"start_tracking", "train_model", "evaluate_model", "record_provenance", "register_model"})
+
+
 def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:
     """A rule's resources for the executor in use: Slurm's through `slurm_resources`, else runtime and memory."""
     needs = step_needs(config, rule)
+    writer = {"mlflow_db": 1} if rule in MLFLOW_WRITERS else {}
     if cluster is None:
-        return {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"])}
-    return slurm_resources(rule, needs, cluster, slurm_account, tasks)
+        return {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"]), **writer}
+    return {**slurm_resources(rule, needs, cluster, slurm_account, tasks), **writer}
