@@ -25,6 +25,10 @@ ANSWERS = {
     "license": {{ cookiecutter.license | tojson }},
 }
 
+# cruft (`cruft update`, `cruft diff`) adds _commit when it re-renders the template; the post-generation hook then
+# only vendors files, so git, DVC and scikit-learn are not needed.
+RENDERED_BY_CRUFT = {{ cookiecutter._commit | default("") | tojson }} != ""
+
 CHOICES = {
     "training_backend": ["horovod", "torch_ddp"],
     "cluster": ["lumi", "slurm", "kubernetes", "local"],
@@ -114,7 +118,7 @@ def missing_tools():
 
 
 def main():
-    found = list(problems(ANSWERS)) or list(missing_tools())
+    found = list(problems(ANSWERS)) or ([] if RENDERED_BY_CRUFT else list(missing_tools()))
     if found:
         for message in found:
             print(f"ERROR: {message}", file=sys.stderr)

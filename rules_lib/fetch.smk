@@ -1,6 +1,11 @@
+import os
+
 # Before `dvc pull`, check that the remote is usable (credentials, endpoint, bucket, directory): a missing
 # AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC.
-DVC_REMOTE_CHECK = Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py"
+# Relative to the working directory, where jobs run (also in a container or a pod with the sources deployed).
+DVC_REMOTE_CHECK = os.path.relpath(
+    Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py"
+)
 
 
 rule fetch_data:
