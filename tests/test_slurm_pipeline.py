@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import BIN_DIR, generate, run
+from slurm_cluster import CLUSTER_NAME
 
 pytestmark = pytest.mark.slurm
 
@@ -56,7 +57,8 @@ def lumi_run(request, slurm_cluster, tmp_path_factory):
     config["train"]["hyperparameters"]["epochs"] = 10
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     # --config on the command line replaces the profile's `config:` as a whole: name the cluster again.
-    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster=lumi", f"launcher={VARIANTS[backend]}"]
+    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster=lumi", "profile=lumi",
+               f"launcher={VARIANTS[backend]}"]
     result = run(command, project, timeout=900, **cluster_env(slurm_cluster))
     return project, result, slurm_cluster
 
@@ -111,6 +113,23 @@ def test_training_ran_two_ranks_on_two_gpus(lumi_run):
     assert history["world_size"] == 2
     assert history["backend"] == yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def test_provenance_names_each_steps_slurm_job(lumi_run):
+    """The MLflow run and results/provenance.json carry the Slurm job id of every step that logs to MLflow."""
+    import mlflow
+
+    project, _, _ = lumi_run
+    ids = slurm_job_ids(project)
+    info = json.loads((project / "results/mlflow/run.json").read_text())
+    tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(info["run_id"]).data.tags
+    expected = {"tracking": ids["start_tracking"], "train": ids["train_model"], "evaluate": ids["evaluate_model"],
+                "provenance": ids["record_provenance"]}
+    assert {step: tags.get(f"slurm.job_id.{step}") for step in expected} == expected
+    assert tags["snakemake.profile"] == "lumi"
+    prov = json.loads((project / "results/provenance.json").read_text())
+    assert prov["slurm"]["cluster"] == CLUSTER_NAME
+    assert {step: prov["slurm"]["job_ids"].get(step) for step in expected} == expected
 
 
 @pytest.fixture(scope="module")
