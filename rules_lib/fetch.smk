@@ -1,11 +1,10 @@
 import os
 
-# Before `dvc pull`, check that the remote is usable (credentials, endpoint, bucket, directory): a missing
-# AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC.
+# `dvc pull`, after checking that the remote is usable (credentials, endpoint, bucket, directory): a missing
+# AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC. Data already in the
+# local DVC cache is checked out without the remote.
 # Relative to the working directory, where jobs run (also in a container or a pod with the sources deployed).
-DVC_REMOTE_CHECK = os.path.relpath(
-    Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py"
-)
+DVC_FETCH = os.path.relpath(Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py")
 
 
 rule fetch_data:
@@ -20,9 +19,8 @@ rule fetch_data:
     resources:
         **step_resources("fetch_data"),
     params:
-        check=DVC_REMOTE_CHECK,
+        fetch=DVC_FETCH,
     message:
         "Pulling {output} from the DVC remote"
     shell:
-        "python {params.check} pull {input.dvcfile} > {log} 2>&1 || {{ cat {log} >&2; exit 1; }}; "
-        "dvc pull --force {input.dvcfile} >> {log} 2>&1"
+        "python {params.fetch} pull {input.dvcfile} > {log} 2>&1 || {{ cat {log} >&2; exit 1; }}"

@@ -115,6 +115,13 @@ def test_clean_clone_fetches_identical_data(pushed, s3_server):
     assert len(data.read_text().splitlines()) == 1798  # header + the 1797 digits
     assert "ready to pull" in (clone / "logs/fetch_data.log").read_text()
 
+    # Later, offline and without keys (a compute node): the data is in the local DVC cache, no remote is needed.
+    data.unlink()
+    offline = fetch(clone, bare_env(AWS_ENDPOINT_URL="http://127.0.0.1:9"))
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert md5(data) == pushed["md5"]
+    assert "already in the local DVC cache" in (clone / "logs/fetch_data.log").read_text()
+
 
 def test_fetch_without_credentials_names_the_variables(pushed, s3_server):
     clone = pushed["clone"]
@@ -170,3 +177,19 @@ def test_generation_with_a_missing_bucket_stops_and_leaves_nothing(tmp_path, s3_
     assert "ERROR: cannot push the data to the DVC remote: bucket 'missing-bucket-x'" in result.stderr
     assert "s3cmd mb s3://missing-bucket-x" in result.stderr
     assert not (tmp_path / "no-bucket").exists(), "a failed generation left a half-made project"
+
+
+def test_fetch_from_a_missing_remote_directory_names_it(pushed, tmp_path):
+    clone = pushed["clone"]
+    shutil.rmtree(clone / ".dvc/cache", ignore_errors=True)
+    (clone / "data/raw/digits.csv").unlink(missing_ok=True)
+    missing = tmp_path / "not-mounted" / "dvc"
+    env = bare_env()
+    sh(["dvc", "remote", "modify", "--local", "storage", "url", str(missing)], clone, env)
+    try:
+        result = fetch(clone, env)
+    finally:
+        (clone / ".dvc/config.local").unlink()
+    assert result.returncode != 0
+    assert f"ERROR: the DVC remote directory {missing} (remote 'storage') does not exist on this machine" in result.stderr
+    assert not (clone / "data/raw/digits.csv").exists()

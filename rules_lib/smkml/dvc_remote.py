@@ -1,12 +1,14 @@
 """Check that the project's DVC remote can be used before `dvc pull` / `dvc push` talks to it.
 
-    python workflow/lib/smkml/dvc_remote.py pull data/raw/digits.csv.dvc
-    python workflow/lib/smkml/dvc_remote.py push
+    python workflow/lib/smkml/dvc_remote.py pull data/raw/digits.csv.dvc    # check, then fetch (the fetch step)
+    python workflow/lib/smkml/dvc_remote.py check push                       # only check
 
 DVC itself reports a missing credential or bucket as "failed to connect to s3 ... Unable to locate
 credentials" (or a botocore traceback). This check names what to do instead: the environment
 variables to set, the endpoint it tried, the bucket to create. It exits 0 when the remote is usable
 (or not needed: the data is already in the local DVC cache), else prints one `ERROR:` line and exits 1.
+`pull` then runs `dvc pull --force`, or `dvc checkout --force` when the cache already has the data
+(`dvc pull` would contact the remote even then: offline compute nodes, no keys).
 
 S3 remotes (AWS, CSC Allas, any S3-compatible store) take the endpoint and the credentials from the
 environment, never from the repository: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,14 +155,31 @@ def check(project: Path, action: str, dvcfiles: list[Path]) -> str:
     return check_directory(name, remote, project, action)
 
 
+def pull(project: Path, dvcfiles: list[Path]) -> int:
+    """The fetch step: check, then `dvc pull` (or `dvc checkout` from the local cache); DVC's output passes through."""
+    config = dvc_config(project)
+    local = bool(dvcfiles) and all(cached(project, config, project / f) for f in dvcfiles)
+    print(check(project, "pull", dvcfiles), flush=True)
+    command = [sys.executable, "-m", "dvc", "checkout" if local else "pull", "--force", *map(str, dvcfiles)]
+    return subprocess.run(command, cwd=project).returncode
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["pull", "push"], help="what DVC is about to do")
-    parser.add_argument("dvcfiles", nargs="*", type=Path, help=".dvc files to be pulled (skip the check when cached)")
-    parser.add_argument("--project", type=Path, default=Path.cwd(), help="the project directory (default: .)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("pull", help="check the remote, then fetch the data of the .dvc files")
+    fetch.add_argument("dvcfiles", nargs="+", type=Path, help=".dvc files to fetch")
+    only = commands.add_parser("check", help="only check that the remote can be used")
+    only.add_argument("action", choices=["pull", "push"], help="what DVC is about to do")
+    only.add_argument("dvcfiles", nargs="*", type=Path, help=".dvc files to be pulled (no remote needed when cached)")
+    for sub in (fetch, only):
+        sub.add_argument("--project", type=Path, default=Path.cwd(), help="the project directory (default: .)")
     args = parser.parse_args(argv)
+    project = args.project.resolve()
     try:
-        print(check(args.project.resolve(), args.action, args.dvcfiles))
+        if args.command == "pull":
+            return pull(project, args.dvcfiles)
+        print(check(project, args.action, args.dvcfiles))
     except RemoteError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
