@@ -1,0 +1,136 @@
+"""A training job killed mid-run resumes from its checkpoint and ends exactly where an uninterrupted run ends.
+
+Through the pipeline, for both backends with 2 ranks: a full `snakemake` run gives the reference; then the training
+step is forced to run again and its launcher (horovodrun / torchrun) and every rank are SIGKILLed as soon as the
+first checkpoint is on disk. Snakemake sees the job fail and deletes its declared outputs; the checkpoint, which
+is not one of them, survives. A plain rerun of `snakemake` resumes from it and must produce the identical
+training history, the identical weights and the identical held-out metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from conftest import command_env, generate, run
+
+pytestmark = pytest.mark.e2e
+
+CHECKPOINT = "results/checkpoints/train_model/checkpoint.pt"
+EVERY = 50  # steps; the demo trains 30 epochs x 22 steps = 660 steps
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def kill_training(snakemake: psutil.Process, timeout: float = 120) -> None:
+    """SIGKILL the training launcher and all its ranks (the job's processes), as a node failure would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tree = snakemake.children(recursive=True)
+        launchers = [p for p in tree if _is_training(p) and not _is_training_parent(p, tree)]
+        if launchers:
+            victims = []
+            for launcher in launchers:
+                victims += [launcher, *launcher.children(recursive=True)]
+            for process in victims:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(victims, timeout=30)
+            return
+        time.sleep(0.05)
+    raise AssertionError("no training process found under snakemake")
+
+
+def _is_training(process: psutil.Process) -> bool:
+    try:
+        return any(word.endswith(".train") for word in process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _is_training_parent(process: psutil.Process, tree: list[psutil.Process]) -> bool:
+    try:
+        return any(_is_training(parent) for parent in process.parents() if parent in tree)
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module", params=["horovod", "torch_ddp"])
+def project(request, tmp_path_factory):
+    backend = request.param
+    path = generate(tmp_path_factory.mktemp(f"resume-{backend}"), training_backend=backend)
+    config = path / "config/config.yaml"
+    text, count = re.subn(r"checkpoint_every: \d+", f"checkpoint_every: {EVERY}", config.read_text())
+    assert count == 1
+    config.write_text(text)
+    run(["snakemake", "--profile", "profiles/local"], path)
+    reference = {
+        "history": json.loads((path / "results/model/history.json").read_text()),
+        "weights": weights(path / "results/model/model.pt"),
+        "metrics": json.loads((path / "results/metrics.json").read_text()),
+    }
+    return backend, path, reference
+
+
+def test_a_finished_run_leaves_no_checkpoint_behind(project):
+    _, path, reference = project
+    assert reference["history"]["resumed_from_step"] == 0
+    assert "checkpoint at step 50/660" in (path / "logs/train_model.log").read_text()
+    assert not (path / CHECKPOINT).exists()
+
+
+def test_killed_training_resumes_to_the_same_result(project):
+    backend, path, reference = project
+    killed = subprocess.Popen(
+        ["snakemake", "--profile", "profiles/local", "--forcerun", "train_model"],
+        cwd=path, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (path / CHECKPOINT).exists():
+            assert killed.poll() is None, killed.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        kill_training(psutil.Process(killed.pid))
+        output, _ = killed.communicate(timeout=120)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert killed.returncode != 0, output
+    assert "Error in rule train_model" in output, output
+    log = (path / "logs/train_model.log").read_text()
+    assert "saved results/model/model.pt" not in log, "training finished before it was killed"
+    # Snakemake removed the failed job's declared outputs, not the checkpoint.
+    assert not (path / "results/model/model.pt").exists()
+    assert (path / CHECKPOINT).is_file()
+
+    rerun = run(["snakemake", "--profile", "profiles/local"], path)
+    assert "(Rule: train_model)" in rerun.stdout + rerun.stderr
+    log = (path / "logs/train_model.log").read_text()
+    match = re.search(r"resuming from checkpoint step (\d+)/660", log)
+    assert match, log[-3000:]
+    step = int(match.group(1))
+    assert 0 < step < 660 and step % EVERY == 0
+    history = json.loads((path / "results/model/history.json").read_text())
+    assert history["resumed_from_step"] == step
+    assert (history["backend"], history["world_size"]) == (backend, 2)
+    # Exactly the uninterrupted run: every epoch's loss and accuracy, every weight, the held-out metrics.
+    assert history["history"] == reference["history"]["history"]
+    resumed = weights(path / "results/model/model.pt")
+    assert resumed.keys() == reference["weights"].keys()
+    for name, tensor in reference["weights"].items():
+        assert torch.equal(resumed[name], tensor), name
+    metrics = json.loads((path / "results/metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "per_class"):
+        assert metrics[key] == reference["metrics"][key], key
+    assert not (path / CHECKPOINT).exists()
