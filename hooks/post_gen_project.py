@@ -191,7 +191,7 @@ def push_data(url):
 
 
 def template_source():
-    """(template URL or path, commit, directory inside the repository) for .cruft.json, or None if not a git checkout."""
+    """(template URL or path, commit, directory inside its repository, dirty?) for .cruft.json; None if not in git."""
     def git(*args):
         result = subprocess.run(["git", "-C", str(TEMPLATE_DIR), *args], capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else None
