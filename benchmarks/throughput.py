@@ -1,0 +1,279 @@
+"""Training throughput of the demo project's training code on CPU: 1 vs 2 ranks for both backends, and a
+container against no container, as ratios measured side by side in one run.
+
+    python benchmarks/throughput.py [--repeats N] [--json PATH] [--image DIR | --no-container]
+
+Generates the demo project once (cookiecutter defaults) in a temporary directory and writes a synthetic
+classification set there (8192 samples x 64 features, 10 classes). Every run is the project's own launch
+command (`training_command()` from workflow/lib/smkml/launch.py: `horovodrun -np 2 --gloo`, `torchrun
+--standalone --nproc-per-node=2`, plain `python` for 1 rank) of `python -m <package>.train`.
+
+Compute-bound configuration: an MLP 64 -> 1024 -> 1024 -> 10 (about 1.1 M parameters), global batch 512, Adam,
+ONE torch thread per rank (`--threads 1`). A step is then dominated by the matrix products of one rank's share of
+the batch (about 1.7 GFLOP per rank and step), against a 4.4 MB gradient all-reduce over Gloo on localhost, and
+one rank uses one core: 2 ranks have twice the cores of 1 rank, which is what "2-rank >= 1.7x one rank" compares.
+(With several threads, 1 rank would already use both cores of a 2-core machine and 2 ranks could not scale.)
+For reference the table also gives 1 rank with 2 threads (intra-op parallelism instead of data parallelism).
+
+Throughput is samples/s of the steady state as the training itself measures it (`samples_per_second` in
+history.json: epochs after the first, so process start, rendezvous and warm-up are left out). One repeat runs
+every case once; the cases' order rotates from repeat to repeat, ratios are taken within a repeat (side by side),
+and the table gives the median, min and max over repeats.
+
+Container line: the 2-rank DDP case again inside a Charliecloud CPU image (`ch-run`), over the same case without
+a container. The image is `--image DIR` (a directory image with the project's environment, e.g. from the
+project's containers/cpu/build-charliecloud.sh), else built with that script when the generated project has it
+and `ch-run` exists; otherwise the line is skipped, with the reason. It reports, it does not judge: missed targets
+still exit 0; a failing run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+PARAMS = {
+    "epochs": 4,
+    "batch_size": 512,
+    "learning_rate": 0.001,
+    "hidden_sizes": [1024, 1024],
+    "dropout": 0.0,
+    "seed": 42,
+}
+SAMPLES, FEATURES, CLASSES = 8192, 64, 10
+TARGETS = {"scaling": 1.7, "container_overhead": 0.03}
+# (name, backend, ranks, threads per rank, in the container)
+CASES = [
+    ("horovod 1 rank", "horovod", 1, 1, False),
+    ("horovod 2 ranks", "horovod", 2, 1, False),
+    ("torch_ddp 1 rank", "torch_ddp", 1, 1, False),
+    ("torch_ddp 2 ranks", "torch_ddp", 2, 1, False),
+    ("torch_ddp 1 rank, 2 threads", "torch_ddp", 1, 2, False),
+]
+CONTAINER_CASE = ("torch_ddp 2 ranks, container", "torch_ddp", 2, 1, True)
+
+
+class BenchmarkError(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def write_dataset(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, SAMPLES)
+    centres = rng.normal(0, 1, (CLASSES, FEATURES)).astype(np.float32)
+    features = (centres[labels] + rng.normal(0, 1, (SAMPLES, FEATURES))).astype(np.float32)
+    np.savez(path, features=features, labels=labels.astype(np.int64))
+
+
+def launch_module(project: Path):
+    spec = importlib.util.spec_from_file_location("project_launch", project / "workflow/lib/smkml/launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def container_image(project: Path, args, env) -> tuple[Path | None, str]:
+    """(image, "") or (None, why there is no container line)."""
+    if args.no_container:
+        return None, "--no-container"
+    if args.image:
+        return Path(args.image).resolve(), ""
+    if not shutil.which("ch-run"):
+        return None, "ch-run (Charliecloud) is not installed"
+    script = project / "containers/cpu/build-charliecloud.sh"
+    if not script.is_file():
+        return None, "the generated project has no containers/cpu/build-charliecloud.sh (give --image DIR)"
+    say(f"building the CPU image with {script.relative_to(project)} (cached between runs)")
+    result = subprocess.run(
+        ["bash", str(script), "--project", str(project), "--backend", "torch_ddp", "--python", sys.executable],
+        cwd=project, env=env, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        return None, f"the image build failed: {(result.stdout + result.stderr).strip().splitlines()[-1:]}"
+    return Path(result.stdout.strip().splitlines()[-1]).resolve(), ""
+
+
+def command_for(case, project: Path, launch, package: str, data: Path, out: Path, image: Path | None) -> str:
+    _, backend, ranks, threads, contained = case
+    args = ["--train", str(data), "--out-dir", str(out), "--params", json.dumps(PARAMS), "--threads", str(threads)]
+    command = launch.training_command(launcher="local", backend=backend, processes=ranks, package=package, args=args)
+    if contained:
+        # The launcher runs inside the container too, so both sides of the ratio start ranks the same way.
+        command = (
+            f"ch-run --set-env -b {shlex.quote(str(project))} -c {shlex.quote(str(project))} {shlex.quote(str(image))}"
+            f" -- env PYTHONPATH={shlex.quote(str(project / 'src'))} {command}"
+        )
+    return command
+
+
+def run_case(command: str, project: Path, env: dict[str, str], out: Path) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(command, shell=True, cwd=project, env=env, capture_output=True, text=True)
+    (out / "train.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise BenchmarkError(f"'{command}' failed ({result.returncode}):\n{tail}")
+    value = json.loads((out / "history.json").read_text())["samples_per_second"]
+    if not value:
+        raise BenchmarkError(f"no steady-state throughput in {out / 'history.json'}")
+    return float(value)
+
+
+def summary(name: str, samples: list[float], unit: str, target: str = "-", met: bool | None = None) -> dict:
+    return {
+        "name": name,
+        "unit": unit,
+        "samples": [round(s, 4) for s in samples],
+        "median": round(statistics.median(samples), 4),
+        "min": round(min(samples), 4),
+        "max": round(max(samples), 4),
+        "target": target,
+        "pass": met,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(value: float, unit: str) -> str:
+        return f"{value:.0f}" if unit == "samples/s" else f"{value:.3f}"
+
+    lines = [("figure", "median", "min", "max", "target", "result")]
+    for row in rows:
+        lines.append(
+            (
+                row["name"],
+                fmt(row["median"], row["unit"]),
+                fmt(row["min"], row["unit"]),
+                fmt(row["max"], row["unit"]),
+                row["target"],
+                "-" if row["pass"] is None else ("PASS" if row["pass"] else "MISSED"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    text = []
+    for n, line in enumerate(lines):
+        text.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        if n == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every case (default 3)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--image", help="Charliecloud directory image for the container line")
+    parser.add_argument("--no-container", action="store_true", help="skip the container line")
+    parser.add_argument("--keep", action="store_true", help="keep the generated project and the run logs")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    from cookiecutter.main import cookiecutter
+
+    env = environment()
+    workdir = Path(tempfile.mkdtemp(prefix="smkml-throughput-"))
+    ok = False
+    try:
+        say(f"{len(os.sched_getaffinity(0))} CPU(s), load average {os.getloadavg()[0]:.2f}; generating in {workdir}")
+        project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
+        env["PYTHONPATH"] = str(project / "src")
+        package = project.name.replace("-", "_")
+        launch = launch_module(project)
+        data = project / "data/processed/throughput.npz"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset(data)
+        image, why = container_image(project, args, env)
+        cases = list(CASES) + ([CONTAINER_CASE] if image else [])
+        if not image:
+            say(f"container line skipped: {why}")
+        commands = {}
+        for case in cases:
+            commands[case[0]] = command_for(case, project, launch, package, data, workdir / "out", image)
+            say(f"{case[0]}: {commands[case[0]]}")
+
+        throughput: dict[str, list[float]] = {case[0]: [] for case in cases}
+        for repeat in range(args.repeats):
+            order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
+            for case in order:
+                out = workdir / "out" / f"{repeat}-{case[0].replace(' ', '_').replace(',', '')}"
+                command = command_for(case, project, launch, package, data, out, image)
+                throughput[case[0]].append(run_case(command, project, env, out))
+            say(
+                f"repeat {repeat + 1}/{args.repeats}: "
+                + ", ".join(f"{name} {values[-1]:.0f}" for name, values in throughput.items())
+                + f" samples/s (load {os.getloadavg()[0]:.2f})"
+            )
+
+        def ratios(a: str, b: str) -> list[float]:
+            return [x / y for x, y in zip(throughput[a], throughput[b])]
+
+        rows = [summary(f"{name}", values, "samples/s") for name, values in throughput.items()]
+        for backend in ("horovod", "torch_ddp"):
+            values = ratios(f"{backend} 2 ranks", f"{backend} 1 rank")
+            met = statistics.median(values) >= TARGETS["scaling"]
+            rows.append(summary(f"{backend}: 2 ranks / 1 rank", values, "x", f">= {TARGETS['scaling']}", met))
+        rows.append(summary("torch_ddp: 2 ranks / 1 rank with 2 threads", ratios("torch_ddp 2 ranks", "torch_ddp 1 rank, 2 threads"), "x"))
+        if image:
+            values = ratios("torch_ddp 2 ranks, container", "torch_ddp 2 ranks")
+            floor = 1 - TARGETS["container_overhead"]
+            rows.append(summary("container / no container (2-rank DDP)", values, "x", f">= {floor:.2f}", statistics.median(values) >= floor))
+        print()
+        print(f"Training throughput, {args.repeats} repeat(s); load average at the end {os.getloadavg()[0]:.2f}")
+        print(table(rows))
+        if not image:
+            print(f"container / no container: skipped ({why})")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+                        "params": PARAMS,
+                        "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},
+                        "commands": commands,
+                        "figures": rows,
+                        "container": str(image) if image else f"skipped: {why}",
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+            say(f"wrote {args.json}")
+        ok = True
+        return 0
+    except BenchmarkError as error:
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"kept {workdir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
