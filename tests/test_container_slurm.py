@@ -1,0 +1,114 @@
+"""Training inside a real container image, through the real mini-LUMI Slurm cluster.
+
+The image is built here without any image registry by the project's own containers/cpu/build-charliecloud.sh
+(Debian root filesystem from apt, the project's requirements.lock and Horovod wheel installed offline, the project
+package, build inputs in /etc/smkml-image.json) and cached under ~/.cache/cookiecutter-snakemake-ml/images, so a
+second run reuses it. Then the pipeline runs with the LUMI profile and `container: runtime: charliecloud`: two
+Horovod ranks started by mpirun inside the Slurm allocation, each in its own `ch-run` container. Checked as a user
+would: the training log reports the image's Python and metadata from inside the image, the command line Snakemake
+printed, sacct's record of the job, and the trained model's accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import generate, run
+from test_slurm_pipeline import ACCOUNT, cluster_env, sacct, slurm_job_ids
+
+pytestmark = [pytest.mark.slurm, pytest.mark.container]
+
+CONTAINER_PACKAGES = ("charliecloud-runtime", "charliecloud-builders", "mmdebstrap")
+
+
+def ensure_charliecloud() -> None:
+    """ch-run and mmdebstrap from apt when missing (root only), as the Slurm cluster's packages are."""
+    if shutil.which("ch-run") and shutil.which("mmdebstrap"):
+        return
+    if os.geteuid() != 0:
+        pytest.fail(f"container tests need ch-run and mmdebstrap: apt-get install {' '.join(CONTAINER_PACKAGES)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *CONTAINER_PACKAGES]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def build_image(project: Path) -> tuple[Path, str]:
+    """The project's Charliecloud image (built or reused from the cache) and the build script's messages."""
+    result = run(["bash", "containers/cpu/build-charliecloud.sh", "--python", sys.executable], project, timeout=1800,
+                 USER=os.environ.get("USER", "root"))
+    image = Path(result.stdout.strip().splitlines()[-1])
+    return image, result.stderr
+
+
+@pytest.fixture(scope="module")
+def container_run(slurm_cluster, tmp_path_factory):
+    ensure_charliecloud()
+    project = generate(tmp_path_factory.mktemp("container"), cluster="lumi", slurm_account=ACCOUNT,
+                       training_backend="horovod")
+    image, build_log = build_image(project)
+    config_path = project / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["resources"]["train_model"] = {"gpus": 2, "nodes": 1, "runtime": 30}  # two (stand-in) GPUs, 2 ranks
+    config["resources"]["default"]["mem_mb"] = 2000
+    config["train"]["hyperparameters"]["epochs"] = 10
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    # --config replaces the profile's whole `config:`: name cluster and launcher again, plus the container.
+    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster=lumi", "launcher=mpirun",
+               "container={runtime: charliecloud, image: containers/images/cpu}"]
+    result = run(command, project, timeout=1200, USER=os.environ.get("USER", "root"), **cluster_env(slurm_cluster))
+    return project, image, build_log, result, slurm_cluster
+
+
+def test_image_records_its_build_inputs(container_run):
+    project, image, _, _, _ = container_run
+    assert (project / "containers/images/cpu").resolve() == image
+    assert str(image).startswith(str(Path.home() / ".cache/cookiecutter-snakemake-ml/images/digits-classifier-"))
+    meta = json.loads((image / "etc/smkml-image.json").read_text())
+    lock = (project / "requirements.lock").read_bytes()
+    assert meta["requirements_lock_sha256"] == hashlib.sha256(lock).hexdigest()
+    assert meta["base"].startswith("debian:bookworm")
+    assert meta["horovod_wheel"].startswith("horovod-0.28.1-cp311")
+    assert meta["project"] == "digits-classifier" and meta["project_dir"] == str(project)
+    assert meta["template_version"] == json.loads(Path(__file__).parents[1].joinpath("cookiecutter.json").read_text())[
+        "_template_version"]
+    assert (image / "opt/smkml/requirements.lock").read_bytes() == lock
+    assert list((image / "opt/venv/lib/python3.11/site-packages").glob("digits_classifier-0.1.0.dist-info"))
+
+
+def test_training_ran_inside_the_image_through_slurm(container_run):
+    project, image, _, result, cluster = container_run
+    # The command Snakemake ran: mpirun starts two ranks, each in its own ch-run container of the image.
+    assert (f"mpirun -np 2 --bind-to none ch-run --set-env -b {project} -c {project} containers/images/cpu -- "
+            "python -m digits_classifier.train --backend horovod") in result.stdout + result.stderr
+    log = (project / "logs/train_model.log").read_text()
+    # Reported from inside the container: its Python and the image's own metadata (not on the host).
+    assert not Path("/etc/smkml-image.json").exists()
+    assert "container: charliecloud containers/images/cpu" in log
+    assert "container python: /opt/venv/bin/python" in log
+    reported = json.loads(log.split("container image: ", 1)[1].split("\n}", 1)[0] + "\n}")
+    assert reported == json.loads((image / "etc/smkml-image.json").read_text())
+    assert "on 2 rank(s)" in log
+    rows = sacct(cluster, slurm_job_ids(project)["train_model"], "JobID,Partition,State,AllocTRES")
+    assert rows[0]["State"] == "COMPLETED" and rows[0]["Partition"] == "small-g" and rows[0]["Account"] == ACCOUNT
+    assert "gres/gpu=2" in rows[0]["AllocTRES"]
+    history = json.loads((project / "results/model/history.json").read_text())
+    assert (history["backend"], history["world_size"]) == ("horovod", 2)
+    assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def test_second_build_reuses_the_cached_image(container_run):
+    project, image, _, _, _ = container_run
+    again, messages = build_image(project)
+    assert again == image
+    assert f"using cached image {image}" in messages
+    assert "using cached base image" in messages
