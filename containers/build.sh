@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Build the project's training image, one command per variant. Run from anywhere inside the project.
+#
+# Usage: containers/build.sh VARIANT [options for the builder]
+#   cpu            Charliecloud directory image, no registry and no root needed (containers/cpu/build-charliecloud.sh)
+#                  -> containers/images/cpu (a link into ~/.cache/cookiecutter-snakemake-ml/images)
+#   cpu-apptainer  apptainer build containers/images/cpu.sif containers/cpu/horovod-cpu.def
+#   cuda           apptainer build containers/images/cuda.sif containers/cuda/horovod-cuda.def
+#   lumi           apptainer (or singularity) build containers/images/lumi.sif containers/lumi/horovod-rocm.def
+#   lumi-cotainr   cotainr build containers/images/lumi-cotainr.sif --system=lumi-g (conda env from the lock;
+#                  torch_ddp only: cotainr cannot compile Horovod)
+# Extra options go to the builder (e.g. --fakeroot for apptainer build, --accept-licenses for cotainr).
+# Then set config/config.yaml container: runtime and image (see docs/containers.md).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+project=$(cd "$here/.." && pwd)
+VARIANTS="cpu, cpu-apptainer, cuda, lumi, lumi-cotainr"
+die() { echo "containers/build.sh: error: $*" >&2; exit 2; }
+[ $# -ge 1 ] || die "which variant? (allowed: $VARIANTS)"
+variant="$1"; shift
+mkdir -p "$project/containers/images"
+
+apptainer_build() { # image definition [builder options]
+  local builder
+  builder=$(command -v apptainer || command -v singularity) \
+    || die "variant '$variant' needs apptainer or singularity, and neither is on PATH (on LUMI: singularity is there; elsewhere install Apptainer, or use the 'cpu' variant with Charliecloud)"
+  local image="$1" def="$2"; shift 2
+  cd "$project" # %files paths are relative to the project root
+  echo "+ $(basename "$builder") build $* $image $def" >&2
+  "$(basename "$builder")" build "$@" "$image" "$def"
+  echo "$project/$image"
+}
+
+case "$variant" in
+  cpu) exec bash "$here/cpu/build-charliecloud.sh" --project "$project" "$@" ;;
+  cpu-apptainer) apptainer_build containers/images/cpu.sif containers/cpu/horovod-cpu.def "$@" ;;
+  cuda) apptainer_build containers/images/cuda.sif containers/cuda/horovod-cuda.def "$@" ;;
+  lumi) apptainer_build containers/images/lumi.sif containers/lumi/horovod-rocm.def "$@" ;;
+  lumi-cotainr)
+    command -v cotainr >/dev/null 2>&1 \
+      || die "variant 'lumi-cotainr' needs cotainr (on LUMI: module load LUMI CrayEnv cotainr; elsewhere: pip install cotainr)"
+    env_file="$project/containers/images/cotainr-env.yml"
+    python3 "$here/lumi/cotainr_env.py" --project "$project" --output "$env_file"
+    cd "$project"
+    echo "+ cotainr build containers/images/lumi-cotainr.sif --system=lumi-g --conda-env=$env_file $*" >&2
+    cotainr build containers/images/lumi-cotainr.sif --system=lumi-g --conda-env="$env_file" "$@"
+    echo "$project/containers/images/lumi-cotainr.sif"
+    ;;
+  *) die "unknown variant '$variant' (allowed: $VARIANTS)" ;;
+esac

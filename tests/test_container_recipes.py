@@ -1,0 +1,156 @@
+"""The container recipes in containers/: every Apptainer definition parsed (spython), the cotainr environment,
+and the build commands' refusals. Building them needs apptainer/singularity/cotainr and (LUMI, CUDA) GPUs, none of
+which this machine has: these tests stop at that boundary; tests/test_container_slurm.py builds and runs the
+Charliecloud CPU image for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from spython.main.parse.parsers import SingularityParser
+
+from conftest import TEMPLATE_DIR, generate, run
+
+CONTAINERS = TEMPLATE_DIR / "containers"
+# variant -> (definition, Horovod GPU flavour, base image, torch index, MPI package)
+DEFINITIONS = {
+    "lumi": ("containers/lumi/horovod-rocm.def", "rocm",
+             "rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0",
+             "https://download.pytorch.org/whl/rocm6.4", "libmpich-dev"),
+    "cuda": ("containers/cuda/horovod-cuda.def", "cuda", "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04",
+             "https://download.pytorch.org/whl/cu128", "libopenmpi-dev"),
+    "cpu": ("containers/cpu/horovod-cpu.def", "cpu", "debian:bookworm-slim",
+            "https://download.pytorch.org/whl/cpu", "libopenmpi-dev"),
+}
+FILES = [
+    "requirements.lock /opt/smkml/requirements.lock",
+    "pyproject.toml /opt/smkml/project/pyproject.toml",
+    "src /opt/smkml/project/src",
+    "workflow/rules/VENDORED.md /opt/smkml/VENDORED.md",
+    "containers/horovod/build-horovod.sh /opt/smkml/build-horovod.sh",
+    "containers/install-project.sh /opt/smkml/install-project.sh",
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("recipes"), cluster="lumi", training_backend="horovod")
+
+
+def sections(path) -> dict[str, str]:
+    """The raw %sections of a definition file."""
+    text = path.read_text()
+    parts = re.split(r"^%(\w+)\s*$", text, flags=re.M)
+    return {name: body for name, body in zip(parts[1::2], parts[2::2])}
+
+
+@pytest.mark.parametrize("variant", sorted(DEFINITIONS))
+def test_definition_parses_and_carries_everything(project, variant):
+    definition, gpu, base, torch_index, mpi = DEFINITIONS[variant]
+    path = project / definition  # vendored into the project, built from its root
+    recipe = SingularityParser(str(path)).recipe["spython-base"]
+    assert re.search(r"^Bootstrap: docker$", path.read_text(), re.M)
+    assert recipe.fromHeader == base
+    assert recipe.labels == [
+        f"org.smkml.variant {'lumi-rocm' if variant == 'lumi' else variant}",
+        f"org.smkml.recipe {definition}",
+        "org.smkml.horovod 0.28.1",
+        f"org.opencontainers.image.base.name docker.io/{'library/' if '/' not in base else ''}{base}",
+    ]
+    assert recipe.files == FILES
+    for entry in FILES:  # every file the build copies exists in a generated project
+        assert (project / entry.split()[0]).exists(), entry
+    assert recipe.environ[0] == "PATH=/opt/venv/bin:$PATH"
+    post = " ".join(line.rstrip("\\").strip() for line in sections(path)["post"].splitlines()).strip()
+    assert post.startswith("set -eu apt-get update")
+    for package in ("python3-venv", "python3-dev", "g++", "cmake", mpi, "ca-certificates"):
+        assert f" {package} " in f" {post} ", package
+    assert (f"bash /opt/smkml/install-project.sh --gpu {gpu} --base docker://{base} --torch-index {torch_index}"
+            in post)
+    assert "import torch, horovod.torch as hvd" in sections(path)["test"]
+    assert recipe.cmd == 'exec /opt/venv/bin/python "$@"'
+
+
+def test_lumi_definition_sets_lumi_runtime_environment(project):
+    environ = SingularityParser(str(project / DEFINITIONS["lumi"][0])).recipe["spython-base"].environ
+    assert "NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in environ
+    assert "NCCL_NET_GDR_LEVEL=PHB" in environ
+    assert any(line.startswith("MIOPEN_USER_DB_PATH=/tmp/") for line in environ)
+
+
+def test_install_step_builds_horovod_with_the_shared_script_and_records_inputs():
+    script = (CONTAINERS / "install-project.sh").read_text()
+    run(["bash", "-n", str(CONTAINERS / "install-project.sh")], TEMPLATE_DIR)
+    assert 'bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python' in script
+    assert '"${pip[@]}" -r "$src/requirements.lock"' in script
+    assert '"${pip[@]}" --no-deps "$src/project"' in script
+    assert 'open("/etc/smkml-image.json", "w")' in script
+    for label in ("requirements-lock-sha256", "base-image", "template-version", "gpu"):
+        assert f"org.smkml.{label} " in script
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpu", "metal", "--base", "x"], "--gpu 'metal' is not one of: cpu, rocm, cuda"),
+        (["--gpu", "cpu"], "--base IMAGE is required"),
+        (["--gpu", "cpu", "--base", "x"], "requirements.lock is missing: the definition's %files must copy it"),
+        (["--wheelhouse"], "unknown argument '--wheelhouse'"),
+    ],
+)
+def test_install_step_refuses_bad_input(tmp_path, args, message):
+    result = run(["bash", str(CONTAINERS / "install-project.sh"), *args], tmp_path, check=False, SMKML_SRC=str(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_cotainr_environment_is_the_lock(project, tmp_path):
+    output = tmp_path / "env.yml"
+    run(["python", "containers/lumi/cotainr_env.py", "--output", str(output)], project)
+    env = yaml.safe_load(output.read_text())
+    assert set(env) == {"name", "channels", "dependencies"}
+    assert env["channels"] == ["conda-forge"]
+    python, pip, pip_section = env["dependencies"]
+    assert (python, pip) == ("python=3.11", "pip")
+    lock = [line for line in (project / "requirements.lock").read_text().splitlines() if line and line[0] != "#"]
+    assert pip_section["pip"] == ["--extra-index-url https://download.pytorch.org/whl/rocm6.4", *lock,
+                                  "setuptools==80.10.2", str(project)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", line) for line in lock)
+    meta = json.loads((tmp_path / "lumi-cotainr.json").read_text())
+    assert meta["requirements_lock_sha256"] == hashlib.sha256((project / "requirements.lock").read_bytes()).hexdigest()
+    assert meta["template_version"] == json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["_template_version"]
+
+
+@pytest.mark.skipif(bool(shutil.which("apptainer") or shutil.which("singularity")), reason="a builder is installed")
+@pytest.mark.parametrize("variant", ["cuda", "lumi", "cpu-apptainer"])
+def test_build_names_the_missing_builder(project, variant):
+    result = run(["bash", "containers/build.sh", variant], project, check=False)
+    assert result.returncode == 2
+    assert f"variant '{variant}' needs apptainer or singularity, and neither is on PATH" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["docker"], "unknown variant 'docker' (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr)"),
+        ([], "which variant? (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr)"),
+        (["cpu", "--backend", "jax"], "--backend 'jax' is not one of: horovod, torch_ddp"),
+    ],
+)
+def test_build_refuses_bad_variants(project, args, message):
+    result = run(["bash", "containers/build.sh", *args], project, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.skipif(bool(shutil.which("cotainr")), reason="cotainr is installed")
+def test_cotainr_build_names_the_missing_builder(project):
+    result = run(["bash", "containers/build.sh", "lumi-cotainr"], project, check=False)
+    assert result.returncode == 2
+    assert "variant 'lumi-cotainr' needs cotainr" in result.stderr
