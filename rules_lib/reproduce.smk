@@ -1,5 +1,9 @@
 # Reviewer rerun: the rerun's metrics against the committed reference, within the config's tolerances.
 # Not part of `all` (a new project has no reference yet): `make reproduce` asks for it after a forced rerun.
+localrules:
+    compare_to_reference,
+
+
 rule compare_to_reference:
     input:
         metrics="results/metrics.json",

@@ -1,3 +1,11 @@
+# Bookkeeping steps (seconds each) run where Snakemake runs, not as cluster jobs: on LUMI a job per tiny step
+# would wait in the queue and floods Slurm with small jobs (CSC asks users not to).
+localrules:
+    start_tracking,
+    record_provenance,
+    register_model,
+
+
 rule start_tracking:
     output:
         RUN_FILE,

@@ -201,9 +201,10 @@ def test_mlflow_writers_take_the_one_mlflow_db_slot(cluster_name):
 
     cluster = resources.load_cluster(cluster_name, PROFILES) if cluster_name else None
     config = {"resources": {"default": {"cpus": 1, "mem_mb": 1000, "runtime": 10}}}
-    for rule in ("start_tracking", "train_model", "evaluate_model", "record_provenance", "register_model"):
+    for rule in ("start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance",
+                 "register_model"):
         assert resources.scheduler_resources(config, cluster, ACCOUNT, rule)["mlflow_db"] == 1, rule
-    for rule in ("fetch_data", "prepare_data", "compare_to_reference"):
+    for rule in ("fetch_data", "compare_to_reference"):
         assert "mlflow_db" not in resources.scheduler_resources(config, cluster, ACCOUNT, rule), rule
     for profile in ("local", "lumi", "slurm", "kubernetes"):
         assert yaml.safe_load((PROFILES / profile / "config.yaml").read_text())["resources"] == {"mlflow_db": 1}

@@ -171,7 +171,9 @@ def srun_options(needs: dict, cluster: dict | None) -> list[str]:
 # Steps that write to the MLflow store. Each takes one unit of the global resource `mlflow_db`, which every
 # profile caps at 1: never two writers at once, so an SQLite store on a parallel filesystem (Lustre, NFS), whose
 # file locks cannot be trusted across nodes, never sees concurrent writes.
-MLFLOW_WRITERS = frozenset({"start_tracking", "train_model", "evaluate_model", "record_provenance", "register_model"})
+MLFLOW_WRITERS = frozenset(
+    {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model"}
+)
 
 
 def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:

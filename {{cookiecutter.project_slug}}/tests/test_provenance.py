@@ -12,7 +12,7 @@ def test_collect_records_git_data_and_lockfile(project_dir):
     assert "data/raw/digits.csv" in prov["data"]
     assert len(prov["data"]["data/raw/digits.csv"]["md5"]) == 32
     assert prov["profile"] == "local"
-    assert prov["container"] == {"runtime": "none", "image": None, "digest": None}
+    assert prov["container"] == {"runtime": "none", "image": None, "digest": None, "metadata": None}
     tags = provenance.to_tags(prov)
     assert tags["dvc.md5.data/raw/digits.csv"] == prov["data"]["data/raw/digits.csv"]["md5"]
     assert tags["lockfile.sha256"] == prov["lockfile"]["sha256"]
@@ -33,4 +33,7 @@ def test_slurm_job_tag_only_inside_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert provenance.slurm_job_tag("train") == {}
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_CLUSTER_NAME", raising=False)
     assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242"}
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "lumi")
+    assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242", "slurm.cluster": "lumi"}

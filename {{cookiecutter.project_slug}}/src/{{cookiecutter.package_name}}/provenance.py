@@ -88,6 +88,17 @@ def image_digest(image: str | None) -> str | None:
     return f"missing image {path}"
 
 
+def image_metadata(image: str | None) -> dict | None:
+    """The build inputs a directory image recorded about itself (lock hash, base image, template version)."""
+    path = Path(image) / "etc/smkml-image.json" if image else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -106,6 +117,7 @@ def collect(root: str | Path = ".", *, config: dict | None = None, profile: str 
             "runtime": runtime,
             "image": container.get("image") if runtime != "none" else None,
             "digest": image_digest(container.get("image")) if runtime != "none" else None,
+            "metadata": image_metadata(container.get("image")) if runtime != "none" else None,
         },
         "slurm": {"job_ids": {}, "cluster": os.environ.get("SLURM_CLUSTER_NAME")},
         "snakemake_version": _version("snakemake"),
@@ -125,7 +137,10 @@ def _version(distribution: str) -> str | None:
 def slurm_job_tag(step: str) -> dict[str, str]:
     """The tag a step sets on the pipeline's run when it runs inside a Slurm job."""
     job = os.environ.get("SLURM_JOB_ID")
-    return {f"{SLURM_TAG}{step}": job} if job else {}
+    if not job:
+        return {}
+    cluster = os.environ.get("SLURM_CLUSTER_NAME")
+    return {f"{SLURM_TAG}{step}": job, **({"slurm.cluster": cluster} if cluster else {})}
 
 
 def to_tags(prov: dict) -> dict[str, str]:
@@ -144,6 +159,8 @@ def to_tags(prov: dict) -> dict[str, str]:
         tags["container.digest"] = prov["container"]["digest"]
     for name, entry in prov["data"].items():
         tags[f"dvc.md5.{name}"] = str(entry["md5"])
+    if prov["slurm"]["cluster"]:
+        tags["slurm.cluster"] = prov["slurm"]["cluster"]
     for step, job in prov["slurm"]["job_ids"].items():
         tags[f"{SLURM_TAG}{step}"] = job
     return tags
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             prov["slurm"]["job_ids"].update(
                 {key[len(SLURM_TAG):]: value for key, value in recorded.items() if key.startswith(SLURM_TAG)}
             )
+            prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
             prov["mlflow_run_id"] = run.info.run_id
             mlflow.set_tags(to_tags(prov))
             mlflow.log_dict(prov, "provenance.json")

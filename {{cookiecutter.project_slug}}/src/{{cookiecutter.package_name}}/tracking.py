@@ -78,10 +78,11 @@ def resume(run_file: str | Path, step: str | None = None):
         yield run
 
 
-def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=()) -> None:
+def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=(),
+               step: str | None = None) -> None:
     import mlflow
 
-    with resume(run_file):
+    with resume(run_file, step):
         if params:
             mlflow.log_params(flatten(params))
         if metrics:
