@@ -106,6 +106,25 @@ def test_training_ran_inside_the_image_through_slurm(container_run):
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
 
 
+def test_provenance_records_the_image_that_ran(container_run):
+    """The run's provenance names the container runtime, the image and its digest (of the image's build metadata)."""
+    import hashlib
+
+    import mlflow
+
+    project, image, _, _, _ = container_run
+    digest = "sha256:" + hashlib.sha256((image / "etc/smkml-image.json").read_bytes()).hexdigest()
+    prov = json.loads((project / "results/provenance.json").read_text())
+    assert prov["container"]["runtime"] == "charliecloud"
+    assert prov["container"]["image"] == "containers/images/cpu"
+    assert prov["container"]["digest"].startswith(digest)
+    assert prov["container"]["metadata"] == json.loads((image / "etc/smkml-image.json").read_text())
+    info = json.loads((project / "results/mlflow/run.json").read_text())
+    tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(info["run_id"]).data.tags
+    assert tags["container.runtime"] == "charliecloud"
+    assert tags["container.digest"] == prov["container"]["digest"]
+
+
 def test_second_build_reuses_the_cached_image(container_run):
     project, image, _, _, _ = container_run
     again, messages = build_image(project)
