@@ -30,6 +30,7 @@ still exit 0; a failing run exits 1.
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib.util
 import json
 import os
@@ -78,6 +79,7 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("USER", getpass.getuser())  # ch-run needs it
     return env
 
 
@@ -101,7 +103,12 @@ def container_image(project: Path, args, env) -> tuple[Path | None, str]:
     if args.no_container:
         return None, "--no-container"
     if args.image:
-        return Path(args.image).resolve(), ""
+        image = Path(args.image).resolve()
+        hosts = image / "etc/hosts"
+        if not (hosts.is_file() and "localhost" in hosts.read_text()):
+            # torchrun --standalone meets its ranks at localhost; ch-run does not bring the host's /etc/hosts.
+            return None, f"{hosts} does not name localhost (torchrun --standalone needs it; add '127.0.0.1 localhost')"
+        return image, ""
     if not shutil.which("ch-run"):
         return None, "ch-run (Charliecloud) is not installed"
     script = project / "containers/cpu/build-charliecloud.sh"
@@ -117,21 +124,24 @@ def container_image(project: Path, args, env) -> tuple[Path | None, str]:
     return Path(result.stdout.strip().splitlines()[-1]).resolve(), ""
 
 
-def command_for(case, project: Path, launch, package: str, data: Path, out: Path, image: Path | None) -> str:
+def command_for(case, project: Path, launch, package: str, data: str, out: str, image: Path | None) -> str:
+    """The case's command, run in the project directory; `data` and `out` are relative to it."""
     _, backend, ranks, threads, contained = case
-    args = ["--train", str(data), "--out-dir", str(out), "--params", json.dumps(PARAMS), "--threads", str(threads)]
+    args = ["--train", data, "--out-dir", out, "--params", json.dumps(PARAMS), "--threads", str(threads)]
     command = launch.training_command(launcher="local", backend=backend, processes=ranks, package=package, args=args)
     if contained:
-        # The launcher runs inside the container too, so both sides of the ratio start ranks the same way.
+        # The project is mounted at /mnt (a directory every Debian image has) and the launcher runs inside the
+        # container too, so both sides of the ratio start their ranks the same way and run the same source.
         command = (
-            f"ch-run --set-env -b {shlex.quote(str(project))} -c {shlex.quote(str(project))} {shlex.quote(str(image))}"
-            f" -- env PYTHONPATH={shlex.quote(str(project / 'src'))} {command}"
+            f"ch-run --set-env -b {shlex.quote(str(project))}:/mnt -c /mnt {shlex.quote(str(image))}"
+            f" -- env PYTHONPATH=/mnt/src {command}"
         )
     return command
 
 
 def run_case(command: str, project: Path, env: dict[str, str], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").unlink(missing_ok=True)
     result = subprocess.run(command, shell=True, cwd=project, env=env, capture_output=True, text=True)
     (out / "train.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -203,25 +213,25 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = str(project / "src")
         package = project.name.replace("-", "_")
         launch = launch_module(project)
-        data = project / "data/processed/throughput.npz"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(data)
+        data = "data/processed/throughput.npz"
+        (project / data).parent.mkdir(parents=True, exist_ok=True)
+        write_dataset(project / data)
         image, why = container_image(project, args, env)
         cases = list(CASES) + ([CONTAINER_CASE] if image else [])
         if not image:
             say(f"container line skipped: {why}")
         commands = {}
         for case in cases:
-            commands[case[0]] = command_for(case, project, launch, package, data, workdir / "out", image)
+            commands[case[0]] = command_for(case, project, launch, package, data, "bench-out/<run>", image)
             say(f"{case[0]}: {commands[case[0]]}")
 
         throughput: dict[str, list[float]] = {case[0]: [] for case in cases}
         for repeat in range(args.repeats):
             order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
             for case in order:
-                out = workdir / "out" / f"{repeat}-{case[0].replace(' ', '_').replace(',', '')}"
+                out = f"bench-out/{repeat}-{case[0].replace(' ', '_').replace(',', '')}"
                 command = command_for(case, project, launch, package, data, out, image)
-                throughput[case[0]].append(run_case(command, project, env, out))
+                throughput[case[0]].append(run_case(command, project, env, project / out))
             say(
                 f"repeat {repeat + 1}/{args.repeats}: "
                 + ", ".join(f"{name} {values[-1]:.0f}" for name, values in throughput.items())
