@@ -103,12 +103,7 @@ def container_image(project: Path, args, env) -> tuple[Path | None, str]:
     if args.no_container:
         return None, "--no-container"
     if args.image:
-        image = Path(args.image).resolve()
-        hosts = image / "etc/hosts"
-        if not (hosts.is_file() and "localhost" in hosts.read_text()):
-            # torchrun --standalone meets its ranks at localhost; ch-run does not bring the host's /etc/hosts.
-            return None, f"{hosts} does not name localhost (torchrun --standalone needs it; add '127.0.0.1 localhost')"
-        return image, ""
+        return usable(Path(args.image).resolve())
     if not shutil.which("ch-run"):
         return None, "ch-run (Charliecloud) is not installed"
     script = project / "containers/cpu/build-charliecloud.sh"
@@ -121,7 +116,15 @@ def container_image(project: Path, args, env) -> tuple[Path | None, str]:
     )
     if result.returncode != 0:
         return None, f"the image build failed: {(result.stdout + result.stderr).strip().splitlines()[-1:]}"
-    return Path(result.stdout.strip().splitlines()[-1]).resolve(), ""
+    return usable(Path(result.stdout.strip().splitlines()[-1]).resolve())
+
+
+def usable(image: Path) -> tuple[Path | None, str]:
+    hosts = image / "etc/hosts"
+    if not (hosts.is_file() and "localhost" in hosts.read_text()):
+        # torchrun --standalone meets its ranks at localhost; ch-run does not bring the host's /etc/hosts.
+        return None, f"{hosts} does not name localhost (torchrun --standalone needs it; add '127.0.0.1 localhost')"
+    return image, ""
 
 
 def command_for(case, project: Path, launch, package: str, data: str, out: str, image: Path | None) -> str:
