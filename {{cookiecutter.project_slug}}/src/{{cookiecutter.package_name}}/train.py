@@ -218,7 +218,15 @@ def train(
     return backend.unwrap(net), spec, history, outcome
 
 
-def log_to_mlflow(run_file: str, net: nn.Module, example: np.ndarray, history: list[dict], world: int, seconds: float):
+def log_to_mlflow(
+    run_file: str,
+    net: nn.Module,
+    example: np.ndarray,
+    history: list[dict],
+    world: int,
+    seconds: float,
+    resumed_from_step: int = 0,
+):
     import mlflow
     from mlflow.entities import Metric
 
@@ -231,6 +239,8 @@ def log_to_mlflow(run_file: str, net: nn.Module, example: np.ndarray, history: l
             for name in ("loss", "accuracy")
         ]
         metrics.append(Metric("train_seconds", seconds, now, 0))
+        # A metric, not a parameter: a forced rerun into the same MLflow run may start from another step.
+        metrics.append(Metric("train_resumed_from_step", resumed_from_step, now, 0))
         mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=metrics)
         mlflow.pytorch.log_model(
             net,
@@ -278,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         }
         (out / "history.json").write_text(json.dumps(summary, indent=2) + "\n")
         if args.run_file:
-            log_to_mlflow(args.run_file, net, features[:5], history, backend.size, seconds)
+            log_to_mlflow(
+                args.run_file, net, features[:5], history, backend.size, seconds, outcome.resumed_from_step
+            )
         if checkpointing is not None:
             checkpoints.clear(checkpointing.directory)  # finished: a later run starts afresh
         print(f"saved {out / 'model.pt'} after {seconds:.1f} s", flush=True)
