@@ -4,7 +4,9 @@ Through the pipeline, for both backends with 2 ranks: a full `snakemake` run giv
 step is forced to run again and its launcher (horovodrun / torchrun) and every rank are SIGKILLed as soon as the
 first checkpoint is on disk. Snakemake sees the job fail and deletes its declared outputs; the checkpoint, which
 is not one of them, survives. A plain rerun of `snakemake` resumes from it and must produce the identical
-training history, the identical weights and the identical held-out metrics.
+training history, the identical weights and the identical held-out metrics. A second scenario kills Snakemake
+itself with everything under it (a node failure): the stale lock needs `snakemake --unlock`, then the rerun
+resumes the same way.
 """
 
 from __future__ import annotations
@@ -133,4 +135,44 @@ def test_killed_training_resumes_to_the_same_result(project):
     metrics = json.loads((path / "results/metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "weighted_f1", "per_class"):
         assert metrics[key] == reference["metrics"][key], key
+    assert not (path / CHECKPOINT).exists()
+
+
+def test_resumes_after_the_whole_workflow_was_killed(project):
+    """Node loss: Snakemake itself and everything under it SIGKILLed; `snakemake --unlock`, rerun, same result."""
+    _, path, reference = project
+    killed = subprocess.Popen(
+        ["snakemake", "--profile", "profiles/local", "--forcerun", "train_model"],
+        cwd=path, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (path / CHECKPOINT).exists():
+            assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        top = psutil.Process(killed.pid)
+        everything = [top, *top.children(recursive=True)]
+        for process in everything:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(everything, timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+        killed.wait(timeout=30)
+    assert "saved results/model/model.pt" not in (path / "logs/train_model.log").read_text()
+    assert (path / CHECKPOINT).is_file()
+
+    locked = run(["snakemake", "--profile", "profiles/local"], path, check=False)
+    assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr
+    run(["snakemake", "--unlock"], path)
+    run(["snakemake", "--profile", "profiles/local"], path)
+    log = (path / "logs/train_model.log").read_text()
+    assert re.search(r"resuming from checkpoint step [1-9]\d*/660", log), log[-3000:]
+    history = json.loads((path / "results/model/history.json").read_text())
+    assert history["history"] == reference["history"]["history"]
+    resumed = weights(path / "results/model/model.pt")
+    assert all(torch.equal(resumed[name], tensor) for name, tensor in reference["weights"].items())
     assert not (path / CHECKPOINT).exists()
