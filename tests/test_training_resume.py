@@ -6,7 +6,8 @@ first checkpoint is on disk. Snakemake sees the job fail and deletes its declare
 is not one of them, survives. A plain rerun of `snakemake` resumes from it and must produce the identical
 training history, the identical weights and the identical held-out metrics. A second scenario kills Snakemake
 itself with everything under it (a node failure): the stale lock needs `snakemake --unlock`, then the rerun
-resumes the same way.
+resumes the same way. A third sends SIGTERM to the launcher (what a scheduler does at a time limit): the ranks
+write a checkpoint at an agreed step and stop, and the rerun resumes from exactly there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import psutil
 import pytest
 import torch
+import yaml
 
 from conftest import command_env, generate, run
 
@@ -176,3 +178,49 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
     resumed = weights(path / "results/model/model.pt")
     assert all(torch.equal(resumed[name], tensor) for name, tensor in reference["weights"].items())
     assert not (path / CHECKPOINT).exists()
+
+
+def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
+    """A scheduler's time limit or `scancel` sends SIGTERM: the ranks agree on a step, checkpoint there and stop."""
+    import importlib.util
+    import shlex
+    import signal
+
+    backend, path, reference = project
+    spec = importlib.util.spec_from_file_location("project_launch", path / "workflow/lib/smkml/launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    hyperparameters = yaml.safe_load((path / "config/config.yaml").read_text())["train"]["hyperparameters"]
+    command = launch.training_command(
+        launcher="local", backend=backend, processes=2, package=path.name.replace("-", "_"),
+        args=["--train", "data/processed/train.npz", "--out-dir", str(tmp_path / "model"),
+              "--params", json.dumps(hyperparameters), "--checkpoint-dir", str(tmp_path / "checkpoints"),
+              "--checkpoint-every", "0"],  # no periodic checkpoints: the only one is written on SIGTERM
+    )
+    env = command_env(PYTHONPATH=str(path / "src"))
+    launcher = subprocess.Popen(shlex.split(command), cwd=path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in launcher.stdout:
+            lines.append(line)
+            if "epoch   3/30" in line:
+                launcher.send_signal(signal.SIGTERM)  # to the launcher only: it passes it on to the ranks
+                break
+        lines.append(launcher.communicate(timeout=120)[0])
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    output = "".join(lines)
+    assert launcher.returncode != 0, output
+    match = re.search(r"SIGTERM: stopped at step (\d+) on request", output)
+    assert match, output[-3000:]
+    step = int(match.group(1))
+    assert step % 10 == 0 and 0 < step < 660
+    assert (tmp_path / "checkpoints" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "model" / "model.pt").exists()
+
+    rerun = run(command, path, PYTHONPATH=str(path / "src"))
+    assert f"resuming from checkpoint step {step}/660" in rerun.stdout + rerun.stderr
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    assert history["history"] == reference["history"]["history"]

@@ -157,3 +157,29 @@ def test_an_unreadable_checkpoint_is_reported_not_fatal(tmp_path):
     (tmp_path / checkpoints.FILE_NAME).write_bytes(b"not a checkpoint")
     state, warning = checkpoints.load(tmp_path, {})
     assert state is None and "ignoring unreadable checkpoint" in warning
+
+
+class TermAfter(SingleProcess):
+    """A SIGTERM (as the handler of `main` records it) arrives after the training has taken `steps` steps."""
+
+    def __init__(self, checkpointing, steps: int) -> None:
+        super().__init__()
+        self.checkpointing, self.steps, self.polls = checkpointing, steps, 0
+
+    def allreduce_sum(self, tensor):
+        self.polls += 1  # the poll at step polls * poll; the request lands before the next poll once due
+        if (self.polls + 1) * self.checkpointing.poll >= self.steps:
+            self.checkpointing.stop_requested = True
+        return super().allreduce_sum(tensor)
+
+
+def test_a_stop_request_checkpoints_at_the_next_agreed_step_and_resumes_exactly(tmp_path):
+    features, labels = blobs()
+    _, _, history, _ = train.train(SingleProcess(), features, labels, params())
+    checkpointing = train.Checkpointing(tmp_path, every=0)  # no periodic checkpoints: only the one on request
+    with pytest.raises(train.Stopped) as stopped:
+        train.train(TermAfter(checkpointing, 25), features, labels, params(), checkpointing)
+    assert stopped.value.step == 30  # the first agreed step (every `poll` = 10 steps) after the request
+    _, _, resumed, outcome = train.train(SingleProcess(), features, labels, params(), train.Checkpointing(tmp_path))
+    assert outcome.resumed_from_step == 30
+    assert resumed == history

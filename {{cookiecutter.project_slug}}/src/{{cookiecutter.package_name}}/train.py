@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,9 +77,21 @@ class Checkpointing:
 
     directory: Path
     every: int = 100
+    # Set by the SIGTERM handler (a scheduler's time limit, `scancel`): the ranks agree every `poll` steps,
+    # then write a checkpoint at the same step and stop (Stopped), so the rerun loses no work.
+    stop_requested: bool = False
+    poll: int = 10
 
     def due(self, step: int, total: int) -> bool:
         return self.every > 0 and step % self.every == 0 and step < total
+
+
+class Stopped(Exception):
+    """Training stopped on request after writing a checkpoint at `step`."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} on request; the checkpoint is written, rerun to resume")
+        self.step = step
 
 
 @dataclass
@@ -172,6 +186,16 @@ def train(
             print(f"checkpoint at step {step}/{total} -> {checkpointing.directory / checkpoints.FILE_NAME}", flush=True)
         outcome.checkpoints_written += 1
 
+    def after_step(step: int, sums: list) -> None:
+        stop = False
+        if step % checkpointing.poll == 0 and step < total:  # the same steps on every rank: they agree
+            flag = torch.tensor([1.0 if checkpointing.stop_requested else 0.0], dtype=torch.float64)
+            stop = float(backend.allreduce_sum(flag)[0]) > 0
+        if stop or checkpointing.due(step, total):
+            checkpoint(step, sums)
+        if stop:
+            raise Stopped(step)
+
     start = outcome.resumed_from_step
     timed_samples, timed_seconds = 0, 0.0
     for epoch in range(start // steps, params["epochs"]):
@@ -193,8 +217,8 @@ def train(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             done = epoch * steps + step + 1
-            if checkpointing is not None and step < steps - 1 and checkpointing.due(done, total):
-                checkpoint(done, [loss_sum, correct, seen])
+            if checkpointing is not None and step < steps - 1:
+                after_step(done, [loss_sum, correct, seen])
         if epoch > start // steps:  # steady state: not the first (warm-up or partial) epoch of this process
             timed_samples += (steps - first) * global_batch
             timed_seconds += time.perf_counter() - epoch_started
@@ -210,9 +234,8 @@ def train(
                 f"train accuracy {record['accuracy']:.4f}",
                 flush=True,
             )
-        done = (epoch + 1) * steps
-        if checkpointing is not None and checkpointing.due(done, total):
-            checkpoint(done, [0.0, 0, 0])
+        if checkpointing is not None:
+            after_step((epoch + 1) * steps, [0.0, 0, 0])
     if timed_seconds > 0:
         outcome.samples_per_second = timed_samples / timed_seconds
     return backend.unwrap(net), spec, history, outcome
@@ -268,8 +291,20 @@ def main(argv: list[str] | None = None) -> None:
     checkpointing = (
         Checkpointing(Path(args.checkpoint_dir), args.checkpoint_every) if args.checkpoint_dir else None
     )
+    if checkpointing is not None:
+
+        def request_stop(signum, frame):
+            checkpointing.stop_requested = True
+
+        signal.signal(signal.SIGTERM, request_stop)
     started = time.perf_counter()
-    net, spec, history, outcome = train(backend, features, labels, params, checkpointing)
+    try:
+        net, spec, history, outcome = train(backend, features, labels, params, checkpointing)
+    except Stopped as stopped:
+        if backend.is_root:
+            print(f"SIGTERM: {stopped}", flush=True)
+        backend.shutdown()
+        sys.exit(128 + signal.SIGTERM)
     seconds = time.perf_counter() - started
     if backend.is_root:
         out = Path(args.out_dir)
