@@ -72,6 +72,8 @@ def container_run(slurm_cluster, tmp_path_factory):
 def test_image_records_its_build_inputs(container_run):
     project, image, _, _, _ = container_run
     assert (project / "containers/images/cpu").resolve() == image
+    # localhost resolves inside (rendezvous at localhost: torchrun --standalone, Gloo); ch-run brings no /etc/hosts.
+    assert "127.0.0.1 localhost" in (image / "etc/hosts").read_text()
     assert str(image).startswith(str(Path.home() / ".cache/cookiecutter-snakemake-ml/images/digits-classifier-"))
     meta = json.loads((image / "etc/smkml-image.json").read_text())
     lock = (project / "requirements.lock").read_bytes()

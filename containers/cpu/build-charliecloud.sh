@@ -25,7 +25,7 @@
 # Needs: ch-run (Debian: charliecloud-runtime), mmdebstrap, tar, and root or unprivileged user namespaces.
 set -euo pipefail
 
-RECIPE_VERSION=1 # bump when the image layout changes: invalidates cached images
+RECIPE_VERSION=2 # bump when the image layout changes: invalidates cached images
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates,libopenmpi3,libgomp1
 # torch needs setuptools>=77 at run time; pip's lock leaves setuptools out, so the image pins it here.
@@ -130,7 +130,7 @@ wheelhouse() {
     sdists+=("$name")
     grep -vxF "$name" "$want" > "$want.tmp" && mv "$want.tmp" "$want"
   done
-  if [ ${#sdists[@]} -gt 0 ]; then
+  if [ -n "${sdists[*]:-}" ]; then
     "$python" -m pip wheel --quiet --no-deps -w "$dir" "${sdists[@]}" >&2 || die "building wheels for ${sdists[*]} failed"
   fi
   # shellcheck disable=SC2086
@@ -152,6 +152,9 @@ if [ "$rebuild" = 1 ] || [ ! -f "$base/etc/smkml-base.json" ]; then
   say "Debian $SUITE root filesystem from $mirror (mmdebstrap)"
   mmdebstrap --quiet --variant=apt --include="$PACKAGES" "$SUITE" - "$mirror" | tar -x -C "$tmp" 2>/dev/null \
     || die "mmdebstrap of $SUITE from $mirror failed"
+  # mmdebstrap writes no /etc/hosts and ch-run supplies none: without it `localhost` does not resolve inside and
+  # rendezvous at localhost (torchrun --standalone, Gloo) cannot start.
+  printf '%s\n' "127.0.0.1 localhost" "::1 localhost ip6-localhost ip6-loopback" > "$tmp/etc/hosts"
   mkdir -p "$tmp/wheels" "$tmp/ch"
   say "installing requirements.lock offline into /opt/venv"
   chrun -w "$tmp" -- python3 -m venv /opt/venv
