@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import BenchmarkError, base_environment, say  # the same suite: benchmarks/pipeline.py
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PARAMS = {
     "epochs": 4,
@@ -67,18 +69,9 @@ CASES = [
 CONTAINER_CASE = ("torch_ddp 2 ranks, container", "torch_ddp", 2, 1, True)
 
 
-class BenchmarkError(RuntimeError):
-    pass
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
 def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.pop("MLFLOW_TRACKING_URI", None)
+    """The pipeline benchmark's environment (this interpreter's bin/ first, no MLFLOW_TRACKING_URI), plus USER."""
+    env = base_environment()
     env.setdefault("USER", getpass.getuser())  # ch-run needs it
     return env
 

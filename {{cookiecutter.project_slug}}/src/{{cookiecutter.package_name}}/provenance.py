@@ -22,20 +22,18 @@ LOCKFILE = "requirements.lock"
 SLURM_TAG = "slurm.job_id."
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks (md5 is what DVC records, sha256 for everything else)."""
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
-def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | Path) -> str:
+    return file_digest(path, "md5")
 
 
 def _git(root: Path, *args: str) -> str | None:
