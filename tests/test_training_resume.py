@@ -55,6 +55,15 @@ def kill_training(snakemake: psutil.Process, timeout: float = 120) -> None:
     raise AssertionError("no training process found under snakemake")
 
 
+def wait_for_checkpoint(workflow: subprocess.Popen, path, timeout: float = 300) -> None:
+    """Poll until the running workflow's training has written its first checkpoint; fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not (path / CHECKPOINT).exists():
+        assert workflow.poll() is None, workflow.stdout.read() if workflow.stdout else "workflow ended first"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
 def _is_training(process: psutil.Process) -> bool:
     try:
         return any(word.endswith(".train") for word in process.cmdline())
@@ -100,11 +109,7 @@ def test_killed_training_resumes_to_the_same_result(project):
         cwd=path, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not (path / CHECKPOINT).exists():
-            assert killed.poll() is None, killed.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
+        wait_for_checkpoint(killed, path)
         kill_training(psutil.Process(killed.pid))
         output, _ = killed.communicate(timeout=120)
     finally:
@@ -148,10 +153,7 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
         cwd=path, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not (path / CHECKPOINT).exists():
-            assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
+        wait_for_checkpoint(killed, path)
         top = psutil.Process(killed.pid)
         everything = [top, *top.children(recursive=True)]
         for process in everything:
