@@ -4,16 +4,19 @@ container against no container, as ratios measured side by side in one run.
     python benchmarks/throughput.py [--repeats N] [--json PATH] [--image DIR | --no-container]
 
 Generates the demo project once (cookiecutter defaults) in a temporary directory and writes a synthetic
-classification set there (16384 samples x 64 features, 10 classes). Every run is the project's own launch
+classification set there (65536 samples x 64 features, 10 classes). Every run is the project's own launch
 command (`training_command()` from workflow/lib/smkml/launch.py: `horovodrun -np 2 --gloo`, `torchrun
 --standalone --nproc-per-node=2`, plain `python` for 1 rank) of `python -m <package>.train`.
 
-Compute-bound configuration: an MLP 64 -> 1024 -> 1024 -> 10 (about 1.1 M parameters), global batch 2048, Adam,
-ONE torch thread per rank (`--threads 1`). A step is then dominated by the matrix products of one rank's share of
-the batch (about 6.8 GFLOP per rank and step), against a 4.4 MB gradient all-reduce over Gloo on localhost, and
-one rank uses one core: 2 ranks have twice the cores of 1 rank, which is what "2-rank >= 1.7x one rank" compares.
-(With several threads, 1 rank would already use both cores of a 2-core machine and 2 ranks could not scale.)
-For reference the table also gives 1 rank with 2 threads (intra-op parallelism instead of data parallelism).
+Compute-bound configuration: an MLP 64 -> 1024 -> 1024 -> 10 (about 1.1 M parameters), a FIXED BATCH PER RANK of
+4096 samples (global batch 4096 for 1 rank, 8192 for 2 ranks: weak scaling, the way data-parallel throughput is
+conventionally compared, e.g. Horovod's own synthetic benchmarks with a fixed batch per worker), Adam, ONE torch
+thread per rank (`--threads 1`). A step is then dominated by the matrix products of the rank's batch (about
+27 GFLOP per rank and step) against one 4.4 MB gradient all-reduce over Gloo on localhost, and one rank uses one
+core: 2 ranks have twice the cores of 1 rank, which is what "2-rank >= 1.7x one rank" compares. (With several
+threads, 1 rank would already use both cores of a 2-core machine and 2 ranks could not scale.) For reference the
+table also gives 1 rank with 2 threads (intra-op parallelism instead of data parallelism; the machine's ceiling),
+and `--strong` runs the older comparison at the same global batch (2048) instead.
 
 Throughput is samples/s of the steady state as the training itself measures it (`samples_per_second` in
 history.json: epochs after the first, so process start, rendezvous and warm-up are left out). One repeat runs
@@ -50,13 +53,14 @@ from pipeline import BenchmarkError, base_environment, say  # the same suite: be
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PARAMS = {
     "epochs": 4,
-    "batch_size": 2048,
     "learning_rate": 0.001,
     "hidden_sizes": [1024, 1024],
     "dropout": 0.0,
     "seed": 42,
 }
-SAMPLES, FEATURES, CLASSES = 16384, 64, 10
+LOCAL_BATCH = 4096  # samples per rank and step (weak scaling); --strong: GLOBAL_BATCH whatever the ranks
+GLOBAL_BATCH = 2048
+SAMPLES, FEATURES, CLASSES = 65536, 64, 10
 TARGETS = {"scaling": 1.7, "container_overhead": 0.03}
 # (name, backend, ranks, threads per rank, in the container)
 CASES = [
@@ -120,10 +124,18 @@ def usable(image: Path) -> tuple[Path | None, str]:
     return image, ""
 
 
-def command_for(case, project: Path, launch, package: str, data: str, out: str, image: Path | None) -> str:
+def batch_size(ranks: int, strong: bool) -> int:
+    """The global batch of a run on `ranks` ranks: LOCAL_BATCH per rank, or GLOBAL_BATCH for all with --strong."""
+    return GLOBAL_BATCH if strong else LOCAL_BATCH * ranks
+
+
+def command_for(
+    case, project: Path, launch, package: str, data: str, out: str, image: Path | None, strong: bool = False
+) -> str:
     """The case's command, run in the project directory; `data` and `out` are relative to it."""
     _, backend, ranks, threads, contained = case
-    args = ["--train", data, "--out-dir", out, "--params", json.dumps(PARAMS), "--threads", str(threads)]
+    params = {**PARAMS, "batch_size": batch_size(ranks, strong)}
+    args = ["--train", data, "--out-dir", out, "--params", json.dumps(params), "--threads", str(threads)]
     command = launch.training_command(launcher="local", backend=backend, processes=ranks, package=package, args=args)
     if contained:
         # The project is mounted at /mnt (a directory every Debian image has) and the launcher runs inside the
@@ -194,13 +206,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="Charliecloud directory image for the container line")
     parser.add_argument("--no-container", action="store_true", help="skip the container line")
     parser.add_argument("--keep", action="store_true", help="keep the generated project and the run logs")
+    parser.add_argument(
+        "--strong",
+        action="store_true",
+        help=f"same global batch ({GLOBAL_BATCH}) for 1 and 2 ranks instead of {LOCAL_BATCH} per rank",
+    )
+    parser.add_argument(
+        "--horovod-cycle-time",
+        type=float,
+        metavar="MS",
+        help="set HOROVOD_CYCLE_TIME (ms) for the Horovod runs (Horovod's default: 1)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.horovod_cycle_time is not None and args.horovod_cycle_time <= 0:
+        parser.error(f"--horovod-cycle-time must be a positive number of milliseconds, not {args.horovod_cycle_time}")
 
     from cookiecutter.main import cookiecutter
 
     env = environment()
+    if args.horovod_cycle_time is not None:
+        env["HOROVOD_CYCLE_TIME"] = f"{args.horovod_cycle_time:g}"  # only Horovod reads it
     workdir = Path(tempfile.mkdtemp(prefix="smkml-throughput-"))
     ok = False
     try:
@@ -218,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"container line skipped: {why}")
         commands = {}
         for case in cases:
-            commands[case[0]] = command_for(case, project, launch, package, data, "bench-out/<run>", image)
+            commands[case[0]] = command_for(
+                case, project, launch, package, data, "bench-out/<run>", image, args.strong
+            )
             say(f"{case[0]}: {commands[case[0]]}")
 
         throughput: dict[str, list[float]] = {case[0]: [] for case in cases}
@@ -226,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
             for case in order:
                 out = f"bench-out/{repeat}-{case[0].replace(' ', '_').replace(',', '')}"
-                command = command_for(case, project, launch, package, data, out, image)
+                command = command_for(case, project, launch, package, data, out, image, args.strong)
                 throughput[case[0]].append(run_case(command, project, env, project / out))
             say(
                 f"repeat {repeat + 1}/{args.repeats}: "
@@ -248,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             floor = 1 - TARGETS["container_overhead"]
             rows.append(summary("container / no container (2-rank DDP)", values, "x", f">= {floor:.2f}", statistics.median(values) >= floor))
         print()
-        print(f"Training throughput, {args.repeats} repeat(s); load average at the end {os.getloadavg()[0]:.2f}")
+        batches = f"global batch {GLOBAL_BATCH}" if args.strong else f"batch {LOCAL_BATCH} per rank"
+        cycle = "" if args.horovod_cycle_time is None else f", HOROVOD_CYCLE_TIME={args.horovod_cycle_time:g}"
+        print(
+            f"Training throughput ({batches}{cycle}), {args.repeats} repeat(s); "
+            f"load average at the end {os.getloadavg()[0]:.2f}"
+        )
         print(table(rows))
         if not image:
             print(f"container / no container: skipped ({why})")
@@ -259,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
                         "params": PARAMS,
+                        "batch": {"global": GLOBAL_BATCH} if args.strong else {"per_rank": LOCAL_BATCH},
+                        "horovod_cycle_time_ms": args.horovod_cycle_time,
                         "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},
                         "commands": commands,
                         "figures": rows,

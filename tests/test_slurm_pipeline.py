@@ -119,6 +119,13 @@ def test_training_ran_two_ranks_on_two_gpus(lumi_run):
         assert any(row["NTasks"] == "2" for row in rows[1:]), rows  # the srun step that started the ranks
     history = json.loads((project / "results/model/history.json").read_text())
     assert history["world_size"] == 2
+    # mini-LUMI's GPUs are stand-in files: Slurm allocates them, torch sees none, and the ranks train on the CPU.
+    assert history["device"] == "cpu"
+    if VARIANTS[backend] == "srun":
+        # srun's step sets SLURM_GPUS_ON_NODE, so the ranks warn about it, as on a real node whose container lacks
+        # --rocm. (An mpirun-started job gets no such variable here: the Slurm plugin drops SLURM_* variables for
+        # MPI jobs, and the stand-in GPUs set no *_VISIBLE_DEVICES.)
+        assert "WARNING: training on the CPU although GPUs were allocated (SLURM_GPUS_ON_NODE=2)" in log, log[-3000:]
     assert history["backend"] == yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
 

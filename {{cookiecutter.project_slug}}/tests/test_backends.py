@@ -58,3 +58,50 @@ def test_ddp_environment_from_open_mpi():
          "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "MASTER_ADDR": "nid001"}
     )
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")
+
+
+@pytest.mark.parametrize(
+    "local_rank, gpus, expected", [(0, 8, "cuda:0"), (3, 8, "cuda:3"), (9, 8, "cuda:1"), (1, 1, "cuda:0")]
+)
+def test_each_rank_takes_its_own_gpu(local_rank, gpus, expected):
+    # `gpus` is what torch.cuda.device_count() reports on the node (ROCm builds of torch too).
+    device, warning = backends.choose_device("auto", local_rank, gpus, {})
+    assert (str(device), warning) == (expected, None)
+
+
+def test_without_a_gpu_training_runs_on_the_cpu_quietly():
+    assert backends.choose_device("auto", 0, 0, {}) == (torch.device("cpu"), None)
+    assert backends.choose_device("cpu", 0, 8, {"ROCR_VISIBLE_DEVICES": "0"}) == (torch.device("cpu"), None)
+
+
+def test_allocated_gpus_that_torch_cannot_see_are_a_warning():
+    device, warning = backends.choose_device("auto", 0, 0, {"SLURM_JOB_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": ""})
+    assert device == torch.device("cpu")
+    assert warning.startswith("WARNING: training on the CPU although GPUs were allocated (SLURM_JOB_GPUS=0,1)")
+    assert "--rocm or --nv" in warning and f"torch {torch.__version__}" in warning
+    # What Slurm sets for `--gpus`/`--gpus-per-node` jobs and their steps (seen on the test suite's mini-LUMI).
+    assert "SLURM_GPUS_ON_NODE=2" in backends.choose_device("auto", 0, 0, {"SLURM_GPUS_ON_NODE": "2"})[1]
+
+
+@pytest.mark.parametrize("environ", [{"SLURM_GPUS_ON_NODE": "0"}, {"CUDA_VISIBLE_DEVICES": "-1"},
+                                     {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, {"ROCR_VISIBLE_DEVICES": ""}])
+def test_variables_that_allocate_no_gpu_give_no_warning(environ):
+    assert backends.choose_device("auto", 0, 0, environ) == (torch.device("cpu"), None)
+
+
+def test_device_gpu_without_a_gpu_is_an_error_naming_the_cause():
+    expected = r"--device gpu: torch sees no GPU although ROCR_VISIBLE_DEVICES=0,1 .*--rocm"
+    with pytest.raises(SystemExit, match=expected):
+        backends.choose_device("gpu", 0, 0, {"ROCR_VISIBLE_DEVICES": "0,1"})
+    with pytest.raises(SystemExit, match=r"--device 'tpu' is not one of auto, cpu, gpu"):
+        backends.choose_device("tpu", 0, 0, {})
+
+
+def test_the_backend_trains_on_the_cpu_here():
+    backend = backends.create("torch_ddp", "cpu")
+    try:
+        assert backend.device == torch.device("cpu") and backend.device_warning is None
+        assert backend.allreduce_sum(torch.ones(3)).tolist() == [1.0, 1.0, 1.0]
+    finally:
+        backend.shutdown()
+

@@ -3,6 +3,9 @@
 A backend learns rank, size and rendezvous from the environment its launcher created:
 `horovodrun`/`mpirun`/`srun` for Horovod, `torchrun` or `srun` (SLURM_* variables) for torch DDP.
 Started without a launcher, both run as a single process.
+
+Each rank trains on one device: GPU `local_rank` (modulo the GPUs it can see) when torch sees a GPU (ROCm builds
+of torch report AMD GPUs through `torch.cuda` too), else the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +18,60 @@ import torch
 from torch import nn
 
 BACKENDS = ("horovod", "torch_ddp")
+DEVICES = ("auto", "cpu", "gpu")
+# Set by Slurm (gres/gpu) and by the GPU runtimes: GPUs were meant for this process.
+GPU_VARIABLES = (
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_STEP_GPUS",
+    "SLURM_JOB_GPUS",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def gpu_count() -> int:
+    """GPUs this process's torch can use (0 for a CPU-only build or without a visible GPU)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_device(request: str, local_rank: int, gpus: int, environ) -> tuple[torch.device, str | None]:
+    """(device to train on, warning or None) for `--device request` on a rank that sees `gpus` GPUs.
+
+    `auto` takes GPU `local_rank % gpus` when there is one and the CPU otherwise, with a warning when the
+    environment says GPUs were allocated (Slurm gres, the GPU runtimes' *_VISIBLE_DEVICES) but torch sees none:
+    the usual cause is a container started without `--rocm`/`--nv` or a CPU-only torch. `gpu` makes that an error.
+    """
+    if request not in DEVICES:
+        raise SystemExit(f"--device {request!r} is not one of {', '.join(DEVICES)}")
+    if request == "cpu":
+        return torch.device("cpu"), None
+    if gpus > 0:
+        return torch.device("cuda", local_rank % gpus), None
+    # Empty, "0" GPUs on the node, and the runtimes' "no device" values allocate nothing.
+    allocated = [
+        f"{name}={environ[name]}"
+        for name in GPU_VARIABLES
+        if environ.get(name, "") not in ("", "-1", "NoDevFiles")
+        and not (name == "SLURM_GPUS_ON_NODE" and environ[name] == "0")
+    ]
+    build = f"torch {torch.__version__}, " + (
+        f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}" if torch.version.cuda
+        else "CPU-only build"
+    )
+    hint = (
+        "inside a container, start it with GPU support (config container.gpu: rocm or cuda: "
+        "apptainer/singularity --rocm or --nv) and use a ROCm or CUDA build of torch"
+    )
+    if request == "gpu":
+        found = f" although {', '.join(allocated)}" if allocated else ""
+        raise SystemExit(f"--device gpu: torch sees no GPU{found} ({build}); {hint}")
+    if allocated:
+        return torch.device("cpu"), (
+            f"WARNING: training on the CPU although GPUs were allocated ({', '.join(allocated)}): "
+            f"torch sees none ({build}); {hint}"
+        )
+    return torch.device("cpu"), None
 
 
 class Backend(abc.ABC):
@@ -23,6 +80,16 @@ class Backend(abc.ABC):
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    device: torch.device = torch.device("cpu")
+    device_warning: str | None = None
+
+    def _use_device(self, request: str) -> None:
+        self.device, self.device_warning = choose_device(request, self.local_rank, gpu_count(), os.environ)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True)
 
     @property
     def is_root(self) -> bool:
@@ -64,7 +131,7 @@ class Backend(abc.ABC):
 class HorovodBackend(Backend):
     name = "horovod"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         try:
             import horovod.torch as hvd
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -76,6 +143,7 @@ class HorovodBackend(Backend):
         hvd.init()
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+        self._use_device(device)
 
     def prepare(self, model, optimizer):
         hvd = self.hvd
@@ -157,7 +225,7 @@ def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
 class TorchDDPBackend(Backend):
     name = "torch_ddp"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         import torch.distributed as dist
 
         self.dist = dist
@@ -165,22 +233,25 @@ class TorchDDPBackend(Backend):
         os.environ.update(env)
         self.rank, self.size = int(env["RANK"]), int(env["WORLD_SIZE"])
         self.local_rank, self.local_size = int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        self._use_device(device)
+        # NCCL (RCCL on ROCm) for GPU tensors, Gloo for CPU tensors.
+        dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
 
     def prepare(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model), optimizer
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), optimizer
 
     def allreduce_mean(self, value: float) -> float:
-        tensor = torch.tensor(float(value))
+        tensor = torch.tensor(float(value), device=self.device)
         self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
         return float(tensor.item()) / self.size
 
     def allreduce_sum(self, tensor):
-        tensor = tensor.clone()
-        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
-        return tensor
+        reduced = tensor.to(self.device, copy=True)  # NCCL reduces GPU tensors only
+        self.dist.all_reduce(reduced, op=self.dist.ReduceOp.SUM)
+        return reduced.to(tensor.device)
 
     def broadcast_object(self, obj):
         if self.size == 1:
@@ -193,9 +264,9 @@ class TorchDDPBackend(Backend):
         self.dist.destroy_process_group()
 
 
-def create(name: str) -> Backend:
+def create(name: str, device: str = "auto") -> Backend:
     if name == "horovod":
-        return HorovodBackend()
+        return HorovodBackend(device)
     if name == "torch_ddp":
-        return TorchDDPBackend()
+        return TorchDDPBackend(device)
     raise ValueError(f"unknown training backend '{name}' (allowed: {', '.join(BACKENDS)})")

@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch threads per rank (default: the CPUs this process may use / local ranks)"
     )
+    parser.add_argument(
+        "--device",
+        choices=backends.DEVICES,
+        default="auto",
+        help="auto (default): a GPU per rank when torch sees one, else the CPU; gpu: fail without one; cpu",
+    )
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.error("--checkpoint-every must be >= 0")
@@ -65,10 +71,17 @@ def hyper_parameters(raw: str) -> dict:
     return params
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Same seeds on every rank; deterministic kernels, so a rerun on the same hardware gives the same numbers.
+
+    On the CPU (what the tests check) a run is bit-for-bit reproducible. On a GPU, cuBLAS needs a fixed workspace
+    for that, and an operation without a deterministic GPU kernel warns instead of stopping the run.
+    """
+    torch.manual_seed(seed)  # seeds the GPUs' generators too
     np.random.seed(seed)
-    torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
 
 
 @dataclass
@@ -119,7 +132,7 @@ def train(
     rank 0 reads it and broadcasts it, so every rank resumes from the same state and the resumed run takes the
     same steps with the same numbers as an uninterrupted one.
     """
-    seed_everything(params["seed"])
+    seed_everything(params["seed"], backend.device)
     global_batch = params["batch_size"]
     if global_batch % backend.size:
         raise SystemExit(f"batch_size {global_batch} is not divisible by the {backend.size} ranks")
@@ -135,7 +148,7 @@ def train(
         "hidden_sizes": list(params["hidden_sizes"]),
         "dropout": float(params["dropout"]),
     }
-    net = model_lib.make_model(**spec)
+    net = model_lib.make_model(**spec).to(backend.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=params["learning_rate"])
     outcome = Outcome(total_steps=total)
     history: list[dict] = []
@@ -207,7 +220,7 @@ def train(
         for step in range(first, steps):
             batch = order[step * global_batch : (step + 1) * global_batch]
             mine = batch[backend.rank * local_batch : (backend.rank + 1) * local_batch]
-            x, y = x_all[mine], y_all[mine]
+            x, y = backend.to_device(x_all[mine]), backend.to_device(y_all[mine])
             optimizer.zero_grad()
             logits = net(x)
             loss = loss_fn(logits, y)
@@ -238,7 +251,8 @@ def train(
             after_step((epoch + 1) * steps, [0.0, 0, 0])
     if timed_seconds > 0:
         outcome.samples_per_second = timed_samples / timed_seconds
-    return backend.unwrap(net), spec, history, outcome
+    # The saved and logged model lives on the CPU, whatever trained it: it loads and serves anywhere.
+    return backend.unwrap(net).cpu(), spec, history, outcome
 
 
 def log_to_mlflow(
@@ -274,18 +288,25 @@ def log_to_mlflow(
         )
 
 
+def describe(device: torch.device) -> str:
+    """'cpu', or 'cuda:0 (<GPU name>)' (AMD GPUs under ROCm appear as cuda devices too)."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = hyper_parameters(args.params)
-    backend = backends.create(args.backend)
+    backend = backends.create(args.backend, args.device)
     cpus = len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads or max(1, cpus // backend.local_size))
     features, labels = data.load_split(args.train)
+    if backend.device_warning and backend.local_rank == 0:  # once per node
+        print(backend.device_warning, file=sys.stderr, flush=True)
     if backend.is_root:
         print(
             f"training with {backend.name} on {backend.size} rank(s), global batch "
             f"{params['batch_size']}, {params['epochs']} epochs, {len(labels)} samples, "
-            f"{torch.get_num_threads()} thread(s) per rank",
+            f"on {describe(backend.device)}, {torch.get_num_threads()} thread(s) per rank",
             flush=True,
         )
     checkpointing = (
@@ -316,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             "params": params,
             "seconds": seconds,
             "threads_per_rank": torch.get_num_threads(),
+            "device": describe(backend.device),
             "samples_per_second": outcome.samples_per_second,
             "resumed_from_step": outcome.resumed_from_step,
             "total_steps": outcome.total_steps,
