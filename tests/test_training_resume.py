@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -32,6 +33,17 @@ EVERY = 50  # steps; the demo trains 30 epochs x 22 steps = 660 steps
 
 def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_as_uninterrupted(model_dir: Path, reference: dict) -> dict:
+    """The resumed run's every epoch's loss and accuracy and every weight equal the uninterrupted run's."""
+    history = json.loads((model_dir / "history.json").read_text())
+    assert history["history"] == reference["history"]["history"]
+    resumed = weights(model_dir / "model.pt")
+    assert resumed.keys() == reference["weights"].keys()
+    for name, tensor in reference["weights"].items():
+        assert torch.equal(resumed[name], tensor), name
+    return history
 
 
 def kill_training(snakemake: psutil.Process, timeout: float = 120) -> None:
@@ -130,15 +142,10 @@ def test_killed_training_resumes_to_the_same_result(project):
     assert match, log[-3000:]
     step = int(match.group(1))
     assert 0 < step < 660 and step % EVERY == 0
-    history = json.loads((path / "results/model/history.json").read_text())
+    # Exactly the uninterrupted run: every epoch's loss and accuracy, every weight, the held-out metrics.
+    history = assert_same_as_uninterrupted(path / "results/model", reference)
     assert history["resumed_from_step"] == step
     assert (history["backend"], history["world_size"]) == (backend, 2)
-    # Exactly the uninterrupted run: every epoch's loss and accuracy, every weight, the held-out metrics.
-    assert history["history"] == reference["history"]["history"]
-    resumed = weights(path / "results/model/model.pt")
-    assert resumed.keys() == reference["weights"].keys()
-    for name, tensor in reference["weights"].items():
-        assert torch.equal(resumed[name], tensor), name
     metrics = json.loads((path / "results/metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "weighted_f1", "per_class"):
         assert metrics[key] == reference["metrics"][key], key
@@ -175,10 +182,7 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
     run(["snakemake", "--profile", "profiles/local"], path)
     log = (path / "logs/train_model.log").read_text()
     assert re.search(r"resuming from checkpoint step [1-9]\d*/660", log), log[-3000:]
-    history = json.loads((path / "results/model/history.json").read_text())
-    assert history["history"] == reference["history"]["history"]
-    resumed = weights(path / "results/model/model.pt")
-    assert all(torch.equal(resumed[name], tensor) for name, tensor in reference["weights"].items())
+    assert_same_as_uninterrupted(path / "results/model", reference)
     assert not (path / CHECKPOINT).exists()
 
 
