@@ -34,6 +34,15 @@ SLURM_ACCOUNT = vocabulary.account(CLUSTER) if CLUSTER else ""
 step_resources = functools.partial(
     vocabulary.scheduler_resources, config, CLUSTER, SLURM_ACCOUNT
 )
+# step_threads("rule", tasks=N): cores for all N ranks (`cpus` each); on Kubernetes the pod's CPU request.
+step_threads = functools.partial(vocabulary.step_threads, config)
+
+
+onstart:
+    # Real runs only (not -n); jobs start with --no-hooks, so this runs once, where Snakemake was started.
+    vocabulary.check_pod_image(
+        CLUSTER, workflow.remote_execution_settings.container_image
+    )
 
 
 # Training ranks: one per GPU on a cluster (resources.train_model gpus x nodes), else train.processes.

@@ -20,6 +20,7 @@ rule evaluate_model:
         "logs/evaluate_model.log",
     conda:
         "../envs/pipeline.yaml"
+    threads: step_threads("evaluate_model")
     resources:
         **step_resources("evaluate_model"),
     params:

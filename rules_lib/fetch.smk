@@ -16,6 +16,7 @@ rule fetch_data:
         "logs/fetch_data.log",
     conda:
         "../envs/pipeline.yaml"
+    threads: step_threads("fetch_data")
     resources:
         **step_resources("fetch_data"),
     params:

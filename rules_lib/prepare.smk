@@ -20,6 +20,7 @@ rule prepare_data:
         "logs/prepare_data.log",
     conda:
         "../envs/pipeline.yaml"
+    threads: step_threads("prepare_data")
     resources:
         **step_resources("prepare_data"),
     params:

@@ -20,7 +20,7 @@ rule train_model:
         "logs/train_model.log",
     conda:
         "../envs/pipeline.yaml"
-    threads: config["train"]["processes"]
+    threads: step_threads("train_model", tasks=TRAIN_RANKS)
     resources:
         **step_resources("train_model", tasks=TRAIN_RANKS),
     params:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
+import yaml
 
 from conftest import TEMPLATE_DIR
 
@@ -141,7 +143,7 @@ def test_account_from_answer_or_environment():
 
 
 def test_unknown_cluster_lists_the_known_ones():
-    with pytest.raises(resources.ResourceError, match="cluster 'puhti' has no description .* \\(known clusters: lumi, slurm\\)"):
+    with pytest.raises(resources.ResourceError, match="cluster 'puhti' has no description .* \\(known clusters: kubernetes, lumi, slurm\\)"):
         resources.load_cluster("puhti", PROFILES)
 
 
@@ -208,3 +210,83 @@ def test_mlflow_writers_take_the_one_mlflow_db_slot(cluster_name):
         assert "mlflow_db" not in resources.scheduler_resources(config, cluster, ACCOUNT, rule), rule
     for profile in ("local", "lumi", "slurm", "kubernetes"):
         assert yaml.safe_load((PROFILES / profile / "config.yaml").read_text())["resources"] == {"mlflow_db": 1}
+
+
+# Kubernetes: the same vocabulary mapped to pod resources (the manifests themselves: tests/test_kubernetes_profile.py).
+
+
+def kubernetes(**changes):
+    cluster = resources.load_cluster("kubernetes", PROFILES)
+    cluster.update(changes)
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "rule, cluster_changes, expected",
+    [
+        ("cpu_step", {}, {"runtime": 30, "mem_mb": 4000}),
+        ("one_gpu", {}, {"runtime": 60, "mem_mb": 4000, "gpu": 1, "gpu_manufacturer": "nvidia", "scale": 0}),
+        (
+            "one_gpu",
+            {"gpu": {"manufacturer": "amd", "max_per_pod": 8}, "machine_type": {"cpu": "c2-standard-8", "gpu": "mi250x"}},
+            {"runtime": 60, "mem_mb": 4000, "gpu": 1, "gpu_manufacturer": "amd", "scale": 0, "machine_type": "mi250x"},
+        ),
+        (
+            "cpu_step",
+            {"machine_type": {"cpu": "c2-standard-8", "gpu": "mi250x"}},
+            {"runtime": 30, "mem_mb": 4000, "machine_type": "c2-standard-8"},
+        ),
+    ],
+    ids=["cpu", "nvidia", "amd-machine-type", "cpu-machine-type"],
+)
+def test_kubernetes_golden(rule, cluster_changes, expected):
+    cluster = kubernetes(**cluster_changes)
+    assert resources.scheduler_resources(CONFIG, cluster, "", rule) == expected
+    # Nothing Slurm-only leaks into a Kubernetes run: no account, no srun options.
+    assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == ""
+    assert resources.srun_options(resources.step_needs(CONFIG, rule), cluster) == []
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("two_nodes", "two_nodes: 2 nodes requested; the Kubernetes executor runs each step in one pod"),
+        ("nine_gpus", "nine_gpus: 9 GPUs requested; pods on kubernetes have at most 8"),
+        ("on_partition", "on_partition: partition 'small-g' is a Slurm setting; Kubernetes places pods by machine type"),
+    ],
+)
+def test_kubernetes_errors(rule, message):
+    config = {"resources": {**CONFIG["resources"], "nine_gpus": {"gpus": 9}, "on_partition": {"partition": "small-g"}}}
+    with pytest.raises(resources.ResourceError, match=re.escape(message)):
+        resources.scheduler_resources(config, kubernetes(), "", rule)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"scheduler": "pbs"}, "scheduler 'pbs' of {path} is not supported (allowed: slurm, kubernetes)"),
+        ({"gpu": {"manufacturer": "intel"}}, "gpu.manufacturer 'intel' of {path} is not supported (allowed: nvidia, amd)"),
+    ],
+)
+def test_bad_cluster_descriptions(tmp_path, changes, message):
+    description = yaml.safe_load((PROFILES / "kubernetes/cluster.yaml").read_text())
+    (tmp_path / "k8s").mkdir()
+    path = tmp_path / "k8s/cluster.yaml"
+    path.write_text(yaml.safe_dump({**description, **changes}))
+    with pytest.raises(resources.ResourceError, match=re.escape(message.format(path=path))):
+        resources.load_cluster("k8s", tmp_path)
+
+
+def test_threads_are_cpus_per_rank_times_ranks():
+    config = {"resources": {"default": {"cpus": 3}, "train_model": {"cpus": 2}}}
+    assert resources.step_threads(config, "prepare_data") == 3
+    assert resources.step_threads(config, "train_model", tasks=4) == 8
+    assert resources.step_threads({}, "train_model", tasks=2) == 2  # cpus defaults to 1
+
+
+def test_pod_image_must_not_be_snakemakes_default():
+    with pytest.raises(resources.ResourceError, match="pod image 'snakemake/snakemake:v9.27.1' is Snakemake's default"):
+        resources.check_pod_image(kubernetes(), "snakemake/snakemake:v9.27.1")
+    resources.check_pod_image(kubernetes(), "registry.example.org/digits:1")
+    resources.check_pod_image(resources.load_cluster("lumi", PROFILES), "snakemake/snakemake:v9.27.1")  # not used there
+    resources.check_pod_image(None, "snakemake/snakemake:v9.27.1")

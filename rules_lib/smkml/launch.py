@@ -53,7 +53,8 @@ def resolve_container(
     Returns {runtime, image, gpu (none|rocm|cuda), binds, workdir (the absolute `project_dir`, where jobs run)}.
     `gpu: auto` takes the cluster description's `container.gpu` for steps that request GPUs, else none. Apptainer/Singularity get the cluster's
     `container.apptainer_binds` (on LUMI the Cray MPI and Slingshot libraries of the host) before the config's
-    `binds`. Rejects unknown runtimes and GPU flavours, a missing image and GPU flags Charliecloud does not have.
+    `binds`. Rejects unknown runtimes and GPU flavours, a runtime the cluster does not allow (`container.runtimes`),
+    a missing image and GPU flags Charliecloud does not have.
     """
     container = dict(container or {})
     runtime = container.get("runtime", "none")
@@ -61,6 +62,11 @@ def resolve_container(
     gpu = container.get("gpu", "auto")
     _check("container.gpu", gpu, GPU_FLAVOURS, ContainerError)
     defaults = (cluster or {}).get("container", {}) or {}
+    if "runtimes" in defaults and runtime not in defaults["runtimes"]:  # e.g. Kubernetes: the pod is the container
+        raise ContainerError(
+            f"container.runtime '{runtime}' is not supported on cluster '{cluster['name']}' "
+            f"(allowed: {', '.join(defaults['runtimes'])}){': ' + defaults['why'] if defaults.get('why') else ''}"
+        )
     workdir = str(Path(project_dir).absolute())
     if runtime == "none":
         return {"runtime": "none", "image": "", "gpu": "none", "binds": [], "workdir": workdir}

@@ -10,9 +10,11 @@ Steps state what they need in `config/config.yaml` under `resources:` (`default`
     partition optional: a partition by name instead of the cluster's choice
 
 A cluster profile names a cluster description, `profiles/<cluster>/cluster.yaml`, which says how this vocabulary
-maps to that cluster's Slurm (partitions and their limits, GPU request style, CPU binding, account format).
-`slurm_resources` is the one function that does the mapping; everything it rejects is rejected while the workflow
-is parsed, before anything is submitted.
+maps to that cluster's scheduler (`scheduler:`, default slurm). For Slurm: partitions and their limits, GPU request
+style, CPU binding, account format, mapped by `slurm_resources`. For Kubernetes: the GPU resource name, GPUs per
+pod and node selectors, mapped by `kubernetes_resources`. Each backend is mapped in that one function; everything
+it rejects is rejected while the workflow is parsed, before anything is submitted. `step_threads` gives a rule's
+threads (CPU cores for all of its ranks), which Snakemake uses locally and the Kubernetes plugin as the pod's CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import yaml
 
 VOCABULARY = ("cpus", "mem_mb", "runtime", "gpus", "nodes", "partition")
+SCHEDULERS = ("slurm", "kubernetes")
+GPU_MANUFACTURERS = ("nvidia", "amd")  # the Kubernetes plugin's gpu_manufacturer: nvidia.com/gpu, amd.com/gpu
 
 
 class ResourceError(ValueError):
@@ -51,11 +55,29 @@ def load_cluster(name: str | None, profiles_dir: Path) -> dict | None:
         raise ResourceError(f"cluster '{name}' has no description {path} (known clusters: {', '.join(known)})")
     cluster = yaml.safe_load(path.read_text())
     cluster.setdefault("name", name)
+    cluster.setdefault("scheduler", "slurm")
+    if cluster["scheduler"] not in SCHEDULERS:
+        raise ResourceError(
+            f"scheduler '{cluster['scheduler']}' of {path} is not supported (allowed: {', '.join(SCHEDULERS)})"
+        )
+    if cluster["scheduler"] == "kubernetes":
+        manufacturer = (cluster.get("gpu") or {}).get("manufacturer")
+        if manufacturer not in GPU_MANUFACTURERS:
+            raise ResourceError(
+                f"gpu.manufacturer '{manufacturer}' of {path} is not supported (allowed: {', '.join(GPU_MANUFACTURERS)})"
+            )
     return cluster
 
 
+def is_slurm(cluster: dict | None) -> bool:
+    return bool(cluster) and cluster.get("scheduler", "slurm") == "slurm"
+
+
 def account(cluster: dict, environ: dict | None = None) -> str:
-    """The Slurm account: the cluster description's `account.value`, else $SBATCH_ACCOUNT; checked for format."""
+    """The Slurm account: the cluster description's `account.value`, else $SBATCH_ACCOUNT; checked for format.
+    Empty for a scheduler other than Slurm."""
+    if not is_slurm(cluster):
+        return ""
     environ = os.environ if environ is None else environ
     spec = cluster.get("account", {})
     variable = spec.get("env", "SBATCH_ACCOUNT")
@@ -159,9 +181,62 @@ def slurm_resources(rule: str, needs: dict, cluster: dict, slurm_account: str, t
     return resources
 
 
+def kubernetes_resources(rule: str, needs: dict, cluster: dict) -> dict:
+    """Resources for snakemake-executor-plugin-kubernetes: one pod per step.
+
+    The pod's CPU request comes from the rule's threads (`step_threads`), memory from `mem_mb`. A GPU step asks for
+    `gpu` GPUs of the cluster's manufacturer (the plugin writes nvidia.com/gpu or amd.com/gpu and the matching
+    toleration) with `scale: 0`, so that the plugin also writes limits: Kubernetes accepts GPUs only as limits
+    (equal to the requests), and limits hold the pod to what it asked for. `machine_type` becomes the node selector
+    node.kubernetes.io/instance-type when the cluster description names one for the kind of step.
+    """
+    where = f"profiles/{cluster['name']}/cluster.yaml"
+    if needs.get("partition"):
+        raise ResourceError(
+            f"{rule}: partition '{needs['partition']}' is a Slurm setting; Kubernetes places pods by machine type "
+            f"(machine_type in {where})"
+        )
+    if needs["nodes"] != 1:
+        raise ResourceError(
+            f"{rule}: {needs['nodes']} nodes requested; the Kubernetes executor runs each step in one pod "
+            "(allowed: nodes 1; more ranks come from more GPUs per pod)"
+        )
+    gpu = cluster.get("gpu") or {}
+    max_gpus = int(gpu.get("max_per_pod", 0))
+    if needs["gpus"] > max_gpus:
+        raise ResourceError(f"{rule}: {needs['gpus']} GPUs requested; pods on {cluster['name']} have at most {max_gpus}")
+    resources = {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"])}
+    if needs["gpus"]:
+        resources.update(gpu=int(needs["gpus"]), gpu_manufacturer=gpu["manufacturer"], scale=0)
+    machine_type = (cluster.get("machine_type") or {}).get("gpu" if needs["gpus"] else "cpu")
+    if machine_type:
+        resources["machine_type"] = str(machine_type)
+    return resources
+
+
+def step_threads(config: dict, rule: str, tasks: int = 1) -> int:
+    """A rule's threads: `cpus` per rank times its ranks (`tasks`; for GPU training on a cluster, one per GPU)."""
+    needs = step_needs(config, rule)
+    return int(needs["cpus"]) * max(1, int(tasks))
+
+
+def check_pod_image(cluster: dict | None, image: str | None) -> None:
+    """On Kubernetes every step runs in the pod image: Snakemake's default image has no PyTorch, MLflow or project."""
+    if not cluster or cluster.get("scheduler") != "kubernetes":
+        return
+    if not image or image.startswith("snakemake/snakemake:"):
+        which = f"pod image '{image}' is Snakemake's default, which lacks the project's environment" if image else (
+            "no pod image is set"
+        )
+        raise ResourceError(
+            f"{which}: pass --container-image REGISTRY/IMAGE:TAG (an image with requirements.lock and the project "
+            f"installed) or set container-image: in profiles/{cluster['name']}/config.yaml"
+        )
+
+
 def srun_options(needs: dict, cluster: dict | None) -> list[str]:
     """Options for the srun that starts training ranks inside the allocation (LUMI: the CPU-binding mask)."""
-    if cluster is None:
+    if not is_slurm(cluster):
         return []
     binding = cluster.get("gpu", {}).get("cpu_bind") if needs["gpus"] else None
     full_node = needs["gpus"] == cluster["partitions"][choose_partition(needs, cluster)].get("gpus_per_node")
@@ -177,9 +252,12 @@ MLFLOW_WRITERS = frozenset(
 
 
 def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:
-    """A rule's resources for the executor in use: Slurm's through `slurm_resources`, else runtime and memory."""
+    """A rule's resources for the executor in use: Slurm's through `slurm_resources`, Kubernetes' through
+    `kubernetes_resources`, else (local) runtime and memory."""
     needs = step_needs(config, rule)
     writer = {"mlflow_db": 1} if rule in MLFLOW_WRITERS else {}
     if cluster is None:
         return {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"]), **writer}
+    if cluster["scheduler"] == "kubernetes":
+        return {**kubernetes_resources(rule, needs, cluster), **writer}
     return {**slurm_resources(rule, needs, cluster, slurm_account, tasks), **writer}

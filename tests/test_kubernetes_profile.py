@@ -1,0 +1,170 @@
+"""`snakemake --profile profiles/kubernetes` for real, up to the Kubernetes API: the Job manifests it submits.
+
+No Kubernetes control plane runs on the test machines, so the real Snakemake, the real Kubernetes executor plugin,
+the project's profile and a real S3 server (moto) run against a recording API endpoint (tests/kubernetes_api.py)
+that accepts the Jobs and reports them failed. The inputs of the step under test are put into the bucket first, so
+Snakemake submits that step at once. The tests read the manifests as the cluster would have received them: the pod
+image, the CPU, memory and GPU requests and limits, the GPU toleration, the node selector and the training command.
+"""
+
+from __future__ import annotations
+
+import re
+
+import boto3
+import pytest
+import yaml
+
+from conftest import generate, run
+from kubernetes_api import KubernetesApi
+
+IMAGE = "registry.example.org/digits-classifier:1.0"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("kubernetes"))
+
+
+@pytest.fixture
+def bucket_prefix(s3_server, request):
+    """A fresh prefix in the bucket holding train_model's inputs (their content does not matter: nothing runs)."""
+    prefix = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:60]
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server["endpoint"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    for key in ("data/processed/train.npz", "results/mlflow/run.json"):
+        client.put_object(Bucket=s3_server["bucket"], Key=f"{prefix}/{key}", Body=b"input")
+    return f"s3://{s3_server['bucket']}/{prefix}"
+
+
+def submit(project, s3_server, prefix, tmp_path, *args, cluster: dict | None = None, config: dict | None = None):
+    """Run `snakemake <args> --profile profiles/kubernetes` against a recording API; (result, API).
+
+    `cluster` updates the project's cluster description (profiles/kubernetes/cluster.yaml) for this run only;
+    `config` is merged over config/config.yaml.
+    """
+    description = project / "profiles/kubernetes/cluster.yaml"
+    original = description.read_text()
+    if cluster:
+        description.write_text(yaml.safe_dump({**yaml.safe_load(original), **cluster}))
+    extra = []
+    if config:
+        (tmp_path / "override.yaml").write_text(yaml.safe_dump(config))
+        extra = ["--configfile", "config/config.yaml", str(tmp_path / "override.yaml")]
+    try:
+        with KubernetesApi() as api:
+            result = run(
+                # Options that take several values (--allowed-rules, --configfile) go before the profile's.
+                ["snakemake", *args, *extra, "--profile", "profiles/kubernetes",
+                 "--storage-s3-endpoint-url", s3_server["endpoint"]],
+                project,
+                check=False,
+                timeout=300,
+                KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+                SNAKEMAKE_S3_PREFIX=prefix,
+                **s3_server["env"],
+            )
+    finally:
+        description.write_text(original)
+    return result, api
+
+
+def train_pod(project, s3_server, prefix, tmp_path, **kwargs) -> tuple[dict, dict, str]:
+    """Submit train_model alone; its pod spec, its container and the step's shell command."""
+    result, api = submit(
+        project, s3_server, prefix, tmp_path,
+        "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
+        **kwargs,
+    )
+    jobs = api.jobs()
+    assert len(jobs) == 1, f"expected one Job for train_model\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    spec = jobs[0]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    # The pod runs Snakemake on the one job; the job's shell command is what Snakemake prints for it.
+    assert "--target-jobs 'train_model:'" in container["args"][-1]
+    (command,) = re.findall(r"^Shell command: (.*)$", result.stdout + result.stderr, re.MULTILINE)
+    return spec, container, command
+
+
+def test_gpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
+    """The default config (train_model: gpus 1): one NVIDIA GPU as request and limit, its toleration, 1 rank."""
+    spec, container, command = train_pod(project, s3_server, bucket_prefix, tmp_path)
+    assert container["image"] == IMAGE
+    resources = container["resources"]
+    # Kubernetes takes GPUs as limits (requests, if given, must equal them); a request alone is refused.
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "4000M"
+    assert resources["limits"]["cpu"] == "1000m"  # cpus 1 x 1 rank
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in spec["tolerations"]
+    assert not spec.get("nodeSelector")
+    # One rank per GPU, started in the pod without a launcher and without a container runtime of its own.
+    assert "python -m digits_classifier.train --backend horovod" in command
+    assert "horovodrun" not in command and "singularity" not in command and "apptainer" not in command
+
+
+def test_cpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
+    """gpus 0: CPU ranks (train.processes) under the local launcher, CPU from cpus x ranks, no GPU, no limits."""
+    spec, container, command = train_pod(
+        project, s3_server, bucket_prefix, tmp_path,
+        config={"resources": {"train_model": {"gpus": 0, "cpus": 2}}, "train": {"processes": 2}},
+    )
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] == "3800m"  # 2 cpus x 2 ranks, scaled by the plugin's cpu_scalar 0.95
+    assert resources["requests"]["memory"] == "4000M"
+    assert not any(name.endswith("/gpu") for name in resources["requests"])
+    assert not spec.get("tolerations")
+    assert "horovodrun -np 2 -H localhost:2 --gloo python -m digits_classifier.train" in command
+
+
+def test_amd_gpus_on_a_machine_type(project, s3_server, bucket_prefix, tmp_path):
+    """A cluster description with AMD GPUs and a GPU machine type: amd.com/gpu, its toleration, a node selector."""
+    spec, container, command = train_pod(
+        project, s3_server, bucket_prefix, tmp_path,
+        cluster={"gpu": {"manufacturer": "amd", "max_per_pod": 8}, "machine_type": {"cpu": "", "gpu": "mi250x-8"}},
+        config={"resources": {"train_model": {"gpus": 4}}},
+    )
+    resources = container["resources"]
+    assert resources["limits"]["amd.com/gpu"] == resources["requests"]["amd.com/gpu"] == "4"
+    assert "nvidia.com/gpu" not in resources["requests"]
+    assert resources["limits"]["cpu"] == "4000m"  # cpus 1 x 4 ranks
+    assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "mi250x-8"}
+    assert [t["key"] for t in spec["tolerations"]] == ["amd.com/gpu"]
+    assert "horovodrun -np 4 -H localhost:4 --gloo python -m digits_classifier.train" in command
+
+
+def test_without_a_pod_image_nothing_is_submitted(project, s3_server, bucket_prefix, tmp_path):
+    """Snakemake's default image has no PyTorch or project: the run stops before any Job, saying what to pass."""
+    result, api = submit(project, s3_server, bucket_prefix, tmp_path, "results/model/model.pt", "--allowed-rules", "train_model")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Snakemake's default" in output and "--container-image REGISTRY/IMAGE:TAG" in output, output[-3000:]
+    assert api.jobs() == []
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"resources": {"train_model": {"nodes": 2}}}, "2 nodes requested; the Kubernetes executor runs each step in one pod"),
+        ({"resources": {"train_model": {"gpus": 9}}}, "9 GPUs requested; pods on kubernetes have at most 8"),
+        ({"resources": {"prepare_data": {"partition": "small-g"}}}, "partition 'small-g' is a Slurm setting"),
+        (
+            {"container": {"runtime": "apptainer", "image": "train.sif"}},
+            "container.runtime 'apptainer' is not supported on cluster 'kubernetes' (allowed: none)",
+        ),
+    ],
+    ids=["nodes", "gpus", "partition", "runtime"],
+)
+def test_requests_kubernetes_cannot_satisfy_stop_before_submission(
+    project, s3_server, bucket_prefix, tmp_path, config, message
+):
+    result, api = submit(
+        project, s3_server, bucket_prefix, tmp_path, "--container-image", IMAGE, "-n", config=config
+    )
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert api.jobs() == []
