@@ -30,9 +30,10 @@ CLUSTER = vocabulary.load_cluster(
 )
 SLURM_ACCOUNT = vocabulary.account(CLUSTER) if CLUSTER else ""
 
-# step_resources("rule", tasks=N): what a rule needs (config `resources:`), in the scheduler's terms.
+# step_resources("rule", tasks=N): what a rule needs (config `resources:`), in the scheduler's terms;
+# runtime and memory grow with each retry (the cluster profiles set `retries:`).
 step_resources = functools.partial(
-    vocabulary.scheduler_resources, config, CLUSTER, SLURM_ACCOUNT
+    vocabulary.step_resources, config, CLUSTER, SLURM_ACCOUNT
 )
 # step_threads("rule", tasks=N): cores for all N ranks (`cpus` each); on Kubernetes the pod's CPU request.
 step_threads = functools.partial(vocabulary.step_threads, config)

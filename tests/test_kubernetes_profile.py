@@ -82,13 +82,15 @@ def train_pod(project, s3_server, prefix, tmp_path, **kwargs) -> tuple[dict, dic
         **kwargs,
     )
     jobs = api.jobs()
-    assert len(jobs) == 1, f"expected one Job for train_model\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    # The profile retries a failed step once (the recording API fails every Job): the first attempt is read here.
+    assert len(jobs) == 2, f"expected two attempts of train_model\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     spec = jobs[0]["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     # The pod runs Snakemake on the one job; the job's shell command is what Snakemake prints for it.
     assert "--target-jobs 'train_model:'" in container["args"][-1]
-    (command,) = re.findall(r"^Shell command: (.*)$", result.stdout + result.stderr, re.MULTILINE)
-    return spec, container, command
+    commands = re.findall(r"^Shell command: (.*)$", result.stdout + result.stderr, re.MULTILINE)
+    assert commands and len(set(commands)) == 1, commands  # printed per attempt, the same each time
+    return spec, container, commands[0]
 
 
 def test_gpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
@@ -105,6 +107,21 @@ def test_gpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
     # One rank per GPU, started in the pod without a launcher and without a container runtime of its own.
     assert "python -m digits_classifier.train --backend horovod" in command
     assert "horovodrun" not in command and "singularity" not in command and "apptainer" not in command
+
+
+def test_a_retried_step_asks_for_twice_the_memory(project, s3_server, bucket_prefix, tmp_path):
+    """The recording API fails every Job; the profile's one retry asks for 2 x mem_mb, the same GPUs and CPU."""
+    result, api = submit(
+        project, s3_server, bucket_prefix, tmp_path,
+        "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
+    )
+    first, second = (job["spec"]["template"]["spec"]["containers"][0]["resources"] for job in api.jobs())
+    assert first["limits"]["memory"] == "4000M" and second["limits"]["memory"] == "8000M"
+    assert first["limits"]["nvidia.com/gpu"] == second["limits"]["nvidia.com/gpu"] == "1"
+    assert first["limits"]["cpu"] == second["limits"]["cpu"]
+    assert "--attempt 1" in api.jobs()[0]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    assert "--attempt 2" in api.jobs()[1]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    assert result.returncode != 0
 
 
 def test_cpu_training_pod(project, s3_server, bucket_prefix, tmp_path):

@@ -290,3 +290,27 @@ def test_pod_image_must_not_be_snakemakes_default():
     resources.check_pod_image(kubernetes(), "registry.example.org/digits:1")
     resources.check_pod_image(resources.load_cluster("lumi", PROFILES), "snakemake/snakemake:v9.27.1")  # not used there
     resources.check_pod_image(None, "snakemake/snakemake:v9.27.1")
+
+
+# Retries: runtime and memory grow with the attempt (the profiles set `retries:`).
+
+
+def at_attempt(resources_, attempt):
+    return {k: (v(None, attempt) if callable(v) else v) for k, v in resources_.items()}
+
+
+def test_retries_double_runtime_and_memory_within_the_partition_limit():
+    lumi_cluster = lumi()
+    cpu = resources.step_resources(CONFIG, lumi_cluster, ACCOUNT, "cpu_step")
+    assert at_attempt(cpu, 1) == mapped(lumi_cluster, "cpu_step")  # the first attempt is the golden request
+    assert at_attempt(cpu, 2) == {**mapped(lumi_cluster, "cpu_step"), "runtime": 60, "mem_mb": 8000}
+    # dev-g allows 180 minutes: the third attempt of a 120-minute step is held at 180.
+    config = {"resources": {"dev": {"gpus": 1, "runtime": 120, "partition": "dev-g"}}}
+    gpu = resources.step_resources(config, lumi_cluster, ACCOUNT, "dev")
+    assert [at_attempt(gpu, n)["runtime"] for n in (1, 2, 3)] == [120, 180, 180]
+    assert at_attempt(gpu, 2)["mem_mb"] == 0  # memory per GPU (--mem-per-gpu): nothing to grow
+    # Locally and on Kubernetes nothing caps the runtime.
+    local = resources.step_resources(CONFIG, None, "", "cpu_step")
+    assert at_attempt(local, 3) == {"runtime": 90, "mem_mb": 12000}
+    pod = resources.step_resources(CONFIG, kubernetes(), "", "one_gpu")
+    assert at_attempt(pod, 2) == {"runtime": 120, "mem_mb": 8000, "gpu": 1, "gpu_manufacturer": "nvidia", "scale": 0}

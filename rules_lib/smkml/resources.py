@@ -251,6 +251,36 @@ MLFLOW_WRITERS = frozenset(
 )
 
 
+def grow_with_attempts(resources: dict, cluster: dict | None) -> dict:
+    """The resources with runtime and memory growing on each retry: attempt n asks for n times the request, as
+    nf-core's `task.attempt` idiom does, so a step killed at its time or memory limit gets more the next time.
+
+    Runtime stays within the Slurm partition's `max_runtime`; memory 0 (Slurm GPU steps: memory per GPU) stays 0.
+    Snakemake calls the functions with the job's attempt; the cluster profiles set `retries:`.
+    """
+    grown = dict(resources)
+    runtime, memory = int(resources["runtime"]), int(resources.get("mem_mb", 0))
+    limit = None
+    if is_slurm(cluster):
+        limit = cluster["partitions"][resources["slurm_partition"]].get("max_runtime")
+
+    def runtime_for(wildcards, attempt):
+        return min(runtime * attempt, limit) if limit else runtime * attempt
+
+    def memory_for(wildcards, attempt):
+        return memory * attempt
+
+    grown["runtime"] = runtime_for
+    if memory:
+        grown["mem_mb"] = memory_for
+    return grown
+
+
+def step_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:
+    """What the rule module gives Snakemake: `scheduler_resources`, growing with the attempt."""
+    return grow_with_attempts(scheduler_resources(config, cluster, slurm_account, rule, tasks), cluster)
+
+
 def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, rule: str, tasks: int = 1) -> dict:
     """A rule's resources for the executor in use: Slurm's through `slurm_resources`, Kubernetes' through
     `kubernetes_resources`, else (local) runtime and memory."""
