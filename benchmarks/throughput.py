@@ -80,14 +80,18 @@ class Case:
     horovod_cycle_ms: float | None = None  # HOROVOD_CYCLE_TIME for this case; None: Horovod's default
 
 
+def tuned(cycle_ms: float) -> str:
+    """The name suffix of the Horovod cases at a tuned cycle time."""
+    return f", cycle {cycle_ms:g} ms"
+
+
 def cases_for(cycle_ms: float) -> list[Case]:
     """Every case without a container; Horovod twice: at its default cycle time and at `cycle_ms`."""
-    tuned = f", cycle {cycle_ms:g} ms"
     return [
         Case("horovod 1 rank", "horovod", 1),
         Case("horovod 2 ranks", "horovod", 2),
-        Case(f"horovod 1 rank{tuned}", "horovod", 1, horovod_cycle_ms=cycle_ms),
-        Case(f"horovod 2 ranks{tuned}", "horovod", 2, horovod_cycle_ms=cycle_ms),
+        Case(f"horovod 1 rank{tuned(cycle_ms)}", "horovod", 1, horovod_cycle_ms=cycle_ms),
+        Case(f"horovod 2 ranks{tuned(cycle_ms)}", "horovod", 2, horovod_cycle_ms=cycle_ms),
         Case("torch_ddp 1 rank", "torch_ddp", 1),
         Case("torch_ddp 2 ranks", "torch_ddp", 2),
         Case("torch_ddp 1 rank, 2 threads", "torch_ddp", 1, threads=2),
@@ -296,12 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             return [x / y for x, y in zip(throughput[a], throughput[b])]
 
         rows = [summary(f"{name}", values, "samples/s") for name, values in throughput.items()]
-        tuned = f", cycle {args.horovod_cycle_time:g} ms"
-        for label, suffix in (("horovod", ""), (f"horovod{tuned}", tuned), ("torch_ddp", "")):
-            backend = label.split(",")[0]
+        for backend, suffix in (("horovod", ""), ("horovod", tuned(args.horovod_cycle_time)), ("torch_ddp", "")):
             values = ratios(f"{backend} 2 ranks{suffix}", f"{backend} 1 rank{suffix}")
             met = statistics.median(values) >= TARGETS["scaling"]
-            rows.append(summary(f"{label}: 2 ranks / 1 rank", values, "x", f">= {TARGETS['scaling']}", met))
+            rows.append(summary(f"{backend}{suffix}: 2 ranks / 1 rank", values, "x", f">= {TARGETS['scaling']}", met))
         rows.append(summary("torch_ddp: 2 ranks / 1 rank with 2 threads", ratios("torch_ddp 2 ranks", "torch_ddp 1 rank, 2 threads"), "x"))
         if image:
             values = ratios("torch_ddp 2 ranks, container", "torch_ddp 2 ranks")

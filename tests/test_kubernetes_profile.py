@@ -115,12 +115,12 @@ def test_a_retried_step_asks_for_twice_the_memory(project, s3_server, bucket_pre
         project, s3_server, bucket_prefix, tmp_path,
         "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
     )
-    first, second = (job["spec"]["template"]["spec"]["containers"][0]["resources"] for job in api.jobs())
+    first, second = (job["spec"]["template"]["spec"]["containers"][0] for job in api.jobs())
+    assert "--attempt 1" in first["args"][-1] and "--attempt 2" in second["args"][-1]
+    first, second = first["resources"], second["resources"]
     assert first["limits"]["memory"] == "4000M" and second["limits"]["memory"] == "8000M"
     assert first["limits"]["nvidia.com/gpu"] == second["limits"]["nvidia.com/gpu"] == "1"
     assert first["limits"]["cpu"] == second["limits"]["cpu"]
-    assert "--attempt 1" in api.jobs()[0]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
-    assert "--attempt 2" in api.jobs()[1]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
     assert result.returncode != 0
 
 
