@@ -69,14 +69,15 @@ def load_cluster(name: str | None, profiles_dir: Path) -> dict | None:
     return cluster
 
 
-def is_slurm(cluster: dict | None) -> bool:
-    return bool(cluster) and cluster.get("scheduler", "slurm") == "slurm"
+def scheduler(cluster: dict | None) -> str:
+    """The scheduler a cluster description maps to (`scheduler:`, set by `load_cluster`); "local" without one."""
+    return cluster["scheduler"] if cluster else "local"
 
 
 def account(cluster: dict, environ: dict | None = None) -> str:
     """The Slurm account: the cluster description's `account.value`, else $SBATCH_ACCOUNT; checked for format.
     Empty for a scheduler other than Slurm."""
-    if not is_slurm(cluster):
+    if scheduler(cluster) != "slurm":
         return ""
     environ = os.environ if environ is None else environ
     spec = cluster.get("account", {})
@@ -222,7 +223,7 @@ def step_threads(config: dict, rule: str, tasks: int = 1) -> int:
 
 def check_pod_image(cluster: dict | None, image: str | None) -> None:
     """On Kubernetes every step runs in the pod image: Snakemake's default image has no PyTorch, MLflow or project."""
-    if not cluster or cluster.get("scheduler") != "kubernetes":
+    if scheduler(cluster) != "kubernetes":
         return
     if not image or image.startswith("snakemake/snakemake:"):
         which = f"pod image '{image}' is Snakemake's default, which lacks the project's environment" if image else (
@@ -236,7 +237,7 @@ def check_pod_image(cluster: dict | None, image: str | None) -> None:
 
 def srun_options(needs: dict, cluster: dict | None) -> list[str]:
     """Options for the srun that starts training ranks inside the allocation (LUMI: the CPU-binding mask)."""
-    if not is_slurm(cluster):
+    if scheduler(cluster) != "slurm":
         return []
     binding = cluster.get("gpu", {}).get("cpu_bind") if needs["gpus"] else None
     full_node = needs["gpus"] == cluster["partitions"][choose_partition(needs, cluster)].get("gpus_per_node")
@@ -261,7 +262,7 @@ def grow_with_attempts(resources: dict, cluster: dict | None) -> dict:
     grown = dict(resources)
     runtime, memory = int(resources["runtime"]), int(resources.get("mem_mb", 0))
     limit = None
-    if is_slurm(cluster):
+    if scheduler(cluster) == "slurm":
         limit = cluster["partitions"][resources["slurm_partition"]].get("max_runtime")
 
     def runtime_for(wildcards, attempt):
@@ -286,8 +287,8 @@ def scheduler_resources(config: dict, cluster: dict | None, slurm_account: str, 
     `kubernetes_resources`, else (local) runtime and memory."""
     needs = step_needs(config, rule)
     writer = {"mlflow_db": 1} if rule in MLFLOW_WRITERS else {}
-    if cluster is None:
+    if scheduler(cluster) == "local":
         return {"runtime": int(needs["runtime"]), "mem_mb": int(needs["mem_mb"]), **writer}
-    if cluster["scheduler"] == "kubernetes":
+    if scheduler(cluster) == "kubernetes":
         return {**kubernetes_resources(rule, needs, cluster), **writer}
     return {**slurm_resources(rule, needs, cluster, slurm_account, tasks), **writer}
