@@ -8,12 +8,11 @@
 #   --base         the base image the definition starts from (recorded, not pulled)
 #   --torch-index  an extra package index with the torch build for this GPU (e.g. PyTorch's ROCm index)
 #   --python       the interpreter the venv is made from (default: python3)
-# Expects what the definitions' %files copy to /opt/smkml: requirements.lock, project/ (pyproject.toml, src/),
-# build-horovod.sh, VENDORED.md. Writes /opt/venv, /etc/smkml-image.json and labels (APPTAINER_LABELS).
+# Expects what the definitions' %files copy to /opt/smkml: requirements.lock, extra-requirements.txt,
+# project/ (pyproject.toml, src/), build-horovod.sh, vendored.json. Writes /opt/venv, /etc/smkml-image.json and
+# labels (APPTAINER_LABELS).
 set -euo pipefail
 
-# torch needs setuptools>=77 at run time; the lock leaves setuptools out (as pip does), so images pin it here.
-EXTRA_REQUIREMENTS="setuptools==80.10.2"
 gpu=""
 base=""
 torch_index=""
@@ -31,9 +30,11 @@ done
 case "$gpu" in cpu|rocm|cuda) ;; *) die "--gpu '$gpu' is not one of: cpu, rocm, cuda" ;; esac
 [ -n "$base" ] || die "--base IMAGE is required (it is recorded in the image's metadata)"
 src="${SMKML_SRC:-/opt/smkml}" # overridable for tests
-for need in requirements.lock project/pyproject.toml project/src build-horovod.sh; do
+for need in requirements.lock extra-requirements.txt project/pyproject.toml project/src build-horovod.sh; do
   [ -e "$src/$need" ] || die "$src/$need is missing: the definition's %files must copy it"
 done
+# What the image installs besides the lock (setuptools for torch), from containers/extra-requirements.txt.
+EXTRA_REQUIREMENTS=$(sed 's/#.*//' "$src/extra-requirements.txt" | xargs)
 
 "$python" -m venv /opt/venv
 pip=(/opt/venv/bin/python -m pip install --no-cache-dir)
@@ -44,7 +45,8 @@ bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python --cache 
 /opt/venv/bin/python -m pip check
 
 lock_sha=$(sha256sum "$src/requirements.lock" | cut -d' ' -f1)
-template_version=$(sed -n 's/^Template version \([^ .]*\.[^ .]*\.[^ .]*\).*/\1/p' "$src/VENDORED.md" 2>/dev/null | head -n 1)
+template_version=$(/opt/venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+  "$src/vendored.json" 2>/dev/null || true)
 /opt/venv/bin/python - "$base" "$gpu" "$lock_sha" "${template_version:-unknown}" "$EXTRA_REQUIREMENTS" <<'PY'
 import datetime, importlib.metadata as md, json, sys
 base, gpu, lock_sha, template_version, extra = sys.argv[1:]

@@ -1,6 +1,8 @@
 """Finish the generated project so that it runs from a clean clone, without the template:
 
-1. vendor the shared parts of the template (rules_lib/, profiles/, containers/) into the project;
+1. vendor the shared parts of the template into the project, one plain tree copy per shared folder
+   (rules_lib/ -> workflow/, profiles/ -> profiles/, containers/ -> containers/), and record them in
+   vendored.json (template, version, commit, sha256 per file), as nf-core's modules.json does;
 2. record the template's location, commit and the answers in .cruft.json (for `cruft check` / `cruft update`);
 3. write the demo dataset (scikit-learn's bundled digits) to data/raw/;
 4. initialise git and DVC, configure the DVC remote, track the data with DVC and push it;
@@ -15,19 +17,19 @@ puts into the context; plain cookiecutter never sets it.
 """
 
 import json
-import os
 import re
+from fnmatch import fnmatch
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 PROJECT_DIR = Path.cwd()
+# The template checkout this hook was rendered from (local_extensions.py): a local path or cookiecutter's clone.
+TEMPLATE_DIR = Path({{ template_path() | tojson }})
 # All answers and cookiecutter's own entries (_template, _repo_dir, _checkout; cruft adds _commit).
 CONTEXT = json.loads({{ cookiecutter | tojson | tojson }})
 RENDERED_BY_CRUFT = "_commit" in CONTEXT
-# cookiecutter sets _repo_dir; cruft calls cookiecutter's generate_files directly and does not.
-REPO_DIR = CONTEXT.get("_repo_dir") or "."
 PACKAGE = {{ cookiecutter.package_name | tojson }}
 SLUG = {{ cookiecutter.project_slug | tojson }}
 CLUSTER = {{ cookiecutter.cluster | tojson }}
@@ -42,35 +44,10 @@ RAW_DATA = Path("data/raw/digits.csv")
 CRUFT_SKIP = [".git", ".dvc", ".dvcignore", "data", "results", "logs", "mlflow.db", "mlruns", ".snakemake", ".venv"]
 # Context entries that only describe this machine's generation run; not recorded in .cruft.json.
 UNRECORDED = {"_repo_dir", "_output_dir"}
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-
-# What is vendored where, besides every rule module rules_lib/*.smk -> workflow/rules/: (template path, project path).
-VENDORED = [
-    ("rules_lib/report", "workflow/report"),
-    ("rules_lib/envs", "workflow/envs"),
-    ("rules_lib/smkml", "workflow/lib/smkml"),
-    ("profiles", "profiles"),
-    ("containers", "containers"),
-]
-
-
-def template_dir():
-    """The template checkout (a git URL is cloned by cookiecutter first).
-
-    A relative path, as in `cookiecutter .`, is relative to where cookiecutter was started. Cookiecutter runs
-    this hook from inside the template directory, so on Linux its working directory tells where that is.
-    """
-    path = Path(REPO_DIR).expanduser()
-    if path.is_absolute():
-        return path
-    candidates = [Path(f"/proc/{os.getppid()}/cwd"), Path(os.environ.get("PWD", ".")) / path]
-    for candidate in candidates:
-        if (candidate / "cookiecutter.json").is_file() and (candidate / "rules_lib").is_dir():
-            return candidate.resolve()
-    sys.exit(f"ERROR: cannot find the template directory '{REPO_DIR}': give the template as an absolute path")
-
-
-TEMPLATE_DIR = template_dir()
+IGNORED_PATTERNS = ("__pycache__", "*.pyc", ".pytest_cache")
+IGNORED = shutil.ignore_patterns(*IGNORED_PATTERNS)
+# The template's shared folders and where each lands in the project: rules_lib/ is laid out as workflow/ is.
+SHARED = {"rules_lib": "workflow", "profiles": "profiles", "containers": "containers"}
 
 
 def step(message):
@@ -91,42 +68,42 @@ def dvc(*args, **kwargs):
 
 
 def vendor():
-    parts = [
-        (f"rules_lib/{module.name}", f"workflow/rules/{module.name}")
-        for module in sorted((TEMPLATE_DIR / "rules_lib").glob("*.smk"))
-    ] + VENDORED
-    for source, target in parts:
-        src, dst = TEMPLATE_DIR / source, PROJECT_DIR / target
-        if not src.exists():
-            sys.exit(f"ERROR: template file {src} is missing: is '{TEMPLATE_DIR}' a complete template checkout?")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=IGNORED, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dst)
-    lines = [
-        "# Vendored from cookiecutter-snakemake-ml",
-        "",
-        f"Template version {TEMPLATE_VERSION}. These files are copies of the template's shared parts, so the",
-        "project runs without the template and without internet. Update them with the template, not by hand:",
-        "",
-        *[f"- `{target}` from `{source}`" for source, target in parts],
-        "",
-    ]
-    (PROJECT_DIR / "workflow/rules/VENDORED.md").write_text("\n".join(lines))
+    """Copy each shared folder as a whole tree, then record every copied file in vendored.json."""
+    files = []
+    for source, target in SHARED.items():
+        src = TEMPLATE_DIR / source
+        if not src.is_dir():
+            sys.exit(f"ERROR: template folder {src} is missing: is '{TEMPLATE_DIR}' a complete template checkout?")
+        shutil.copytree(src, PROJECT_DIR / target, ignore=IGNORED, dirs_exist_ok=True)
+        files += [str(Path(target) / path.relative_to(src)) for path in copied_files(src)]
     if ACCOUNT:
         set_account(ACCOUNT)
-    step(f"vendored {len(parts)} shared parts from {TEMPLATE_DIR}")
+    sys.path.insert(0, str(PROJECT_DIR / "workflow" / "lib"))
+    from smkml import vendored
+
+    template, commit = template_origin()
+    manifest = vendored.write(PROJECT_DIR, files, template, TEMPLATE_VERSION, commit)
+    step(f"vendored {len(files)} files of the template's {', '.join(f'{s}/' for s in SHARED)} (listed in {manifest.name})")
+
+
+def copied_files(source):
+    """The files copytree copies from `source` (IGNORED_PATTERNS left out), in a stable order."""
+    return [
+        path
+        for path in sorted(source.rglob("*"))
+        if path.is_file()
+        and not any(fnmatch(part, pattern) for part in path.relative_to(source).parts for pattern in IGNORED_PATTERNS)
+    ]
 
 
 def set_account(account):
-    """Write the Slurm account into the cluster description the profile uses."""
+    """Write the Slurm account into the cluster description the profile loads (its empty `value: ""`)."""
     description = PROJECT_DIR / "profiles" / CLUSTER / "cluster.yaml"
-    text = description.read_text()
-    marker = '  value: ""'
-    if marker not in text:
+    text, count = re.subn(r'^(\s+value: )""', lambda m: m.group(1) + json.dumps(account), description.read_text(),
+                          count=1, flags=re.M)
+    if not count:
         sys.exit(f"ERROR: {description} has no empty 'account: value:' to put the account in")
-    description.write_text(text.replace(marker, f"  value: {account}", 1))
+    description.write_text(text)
 
 
 def remote_url():
@@ -190,8 +167,9 @@ def push_data(url):
     return True
 
 
-def template_source():
-    """(template URL or path, commit, directory inside its repository, dirty?) for .cruft.json; None if not in git."""
+def git_state():
+    """(commit, top-level directory, directory inside the repository, dirty?) of the template; None outside git."""
+
     def git(*args):
         result = subprocess.run(["git", "-C", str(TEMPLATE_DIR), *args], capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else None
@@ -199,6 +177,12 @@ def template_source():
     commit, toplevel = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
     if not commit or not toplevel:
         return None
+    directory = git("rev-parse", "--show-prefix").rstrip("/") or None
+    return commit, toplevel, directory, bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def template_location(toplevel):
+    """Where the template can be fetched again: the URL it was given as, else its checkout's directory."""
     given = str(CONTEXT.get("_template") or "")
     abbreviation = re.match(r"^(gh|gl|bb):(.+)$", given)
     if abbreviation:  # cookiecutter's built-in abbreviations, which git cannot clone
@@ -206,22 +190,30 @@ def template_source():
         given = prefix[abbreviation.group(1)] + abbreviation.group(2)
     given = re.sub(r"^(git|hg)\+", "", given)
     remote = "://" in given or re.match(r"^[\w.-]+@[\w.-]+:", given)
-    template = given if remote else toplevel
-    directory = git("rev-parse", "--show-prefix").rstrip("/") or None
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return template, commit, directory, dirty
+    return given if remote else toplevel
+
+
+def template_origin():
+    """(template, commit) the vendored files came from: cruft names them in its context; else the checkout's git."""
+    if RENDERED_BY_CRUFT:
+        return CONTEXT.get("_template"), CONTEXT["_commit"]
+    state = git_state()
+    if state is None:
+        return str(TEMPLATE_DIR), None
+    return template_location(state[1]), state[0]
 
 
 def record_template():
     """Write .cruft.json as `cruft create` would, so that `cruft check` and `cruft update` work on this project."""
-    source = template_source()
-    if source is None:
+    state = git_state()
+    if state is None:
         step(f"NOTE: {TEMPLATE_DIR} is not a git checkout: no .cruft.json, so `cruft update` cannot follow the template")
         return
-    template, commit, directory, dirty = source
+    commit, toplevel, directory, dirty = state
+    template = template_location(toplevel)
     answers = {key: value for key, value in CONTEXT.items() if key not in UNRECORDED}
     answers.update({"_template": template, "_commit": commit})
-    state = {
+    cruft_state = {
         "template": template,
         "commit": commit,
         "checkout": CONTEXT.get("_checkout"),
@@ -229,30 +221,26 @@ def record_template():
         "directory": directory,
         "skip": CRUFT_SKIP,
     }
-    (PROJECT_DIR / ".cruft.json").write_text(json.dumps(state, ensure_ascii=False, indent=2) + "\n")
+    (PROJECT_DIR / ".cruft.json").write_text(json.dumps(cruft_state, ensure_ascii=False, indent=2) + "\n")
     step(f"recorded the template ({template} at {commit[:12]}) in .cruft.json")
     if dirty:
         step("NOTE: the template has uncommitted changes; .cruft.json records its last commit")
 
 
 def main():
+    if not (TEMPLATE_DIR / "cookiecutter.json").is_file():
+        sys.exit(f"ERROR: '{TEMPLATE_DIR}' (where the hooks were rendered) is not the template: no cookiecutter.json")
     vendor()
     if RENDERED_BY_CRUFT:
-        step("rendered by cruft: vendored files only; git, DVC and data are left to the project")
-        if "create" in parent_command():
-            step("NOTE: create projects with `cookiecutter <template>`: it also sets up git, DVC and the data")
+        step(
+            "rendered by cruft: vendored files only; git, DVC and data are left to the project "
+            "(a new project: `cookiecutter <template>` also sets those up)"
+        )
         return
     record_template()
     write_demo_data()
     init_repositories()
     step(f"done. Next: cd {PROJECT_DIR} && make run")
-
-
-def parent_command():
-    try:
-        return Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":

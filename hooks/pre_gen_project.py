@@ -1,7 +1,9 @@
 """Validate every answer before anything is written.
 
 On a bad answer this prints one line naming the value and what is allowed, and exits 1; cookiecutter
-then removes the half-made project directory.
+then removes the half-made project directory. Choice answers (backend, cluster, remote, licence) are checked by
+cookiecutter itself against cookiecutter.json; the account format is the chosen cluster's, read from its
+description in the template (profiles/<cluster>/cluster.yaml), the one place it is written.
 """
 
 import importlib.util
@@ -9,7 +11,12 @@ import keyword
 import re
 import shutil
 import sys
+from pathlib import Path
 
+import yaml
+
+# The template checkout this hook was rendered from (local_extensions.py).
+TEMPLATE_DIR = Path({{ template_path() | tojson }})
 ANSWERS = {
     "project_name": {{ cookiecutter.project_name | tojson }},
     "project_slug": {{ cookiecutter.project_slug | tojson }},
@@ -29,13 +36,6 @@ ANSWERS = {
 # only vendors files, so git, DVC and scikit-learn are not needed.
 RENDERED_BY_CRUFT = {{ cookiecutter._commit | default("") | tojson }} != ""
 
-CHOICES = {
-    "training_backend": ["horovod", "torch_ddp"],
-    "cluster": ["lumi", "slurm", "kubernetes", "local"],
-    "dvc_remote": ["local", "s3"],
-    "license": ["MIT", "BSD-3-Clause", "Apache-2.0", "Proprietary"],
-}
-
 # Package names that would shadow a dependency or the standard library inside the project.
 RESERVED_PACKAGES = {
     "dvc", "horovod", "matplotlib", "mlflow", "numpy", "pandas", "papermill", "sklearn",
@@ -45,18 +45,20 @@ RESERVED_PACKAGES = {
 SLUG = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-LUMI_ACCOUNT = re.compile(r"^project_\d{9}$")
-SLURM_ACCOUNT = re.compile(r"^[A-Za-z0-9_.-]+$")
 S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 UNSAFE_TEXT = re.compile(r'["\\\n\r\t{}]')
 
 
+def cluster_account(cluster):
+    """The account settings of the cluster's description (None: the cluster takes no Slurm account)."""
+    path = TEMPLATE_DIR / "profiles" / cluster / "cluster.yaml"
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text())["cluster"].get("account")
+
+
 def problems(answers):
     """Yield one message per bad answer."""
-    for key, allowed in CHOICES.items():
-        if answers[key] not in allowed:
-            yield f"{key} '{answers[key]}' is not one of: {', '.join(allowed)}"
-
     for key in ("project_name", "author_name", "description"):
         value = answers[key]
         if not value.strip():
@@ -85,15 +87,19 @@ def problems(answers):
 
     account, cluster = answers["slurm_account"], answers["cluster"]
     if account:
-        if cluster == "lumi" and not LUMI_ACCOUNT.match(account):
+        spec = cluster_account(cluster)
+        if spec is None:
+            takes = sorted(p.parent.name for p in (TEMPLATE_DIR / "profiles").glob("*/cluster.yaml")
+                           if cluster_account(p.parent.name) is not None)
             yield (
-                f"slurm_account '{account}' is not a LUMI project account: use 'project_' followed by 9 digits "
-                "(e.g. 'project_465000001'), or leave it empty to use $SBATCH_ACCOUNT"
+                f"slurm_account '{account}' is only used with cluster {' or '.join(takes)}, not '{cluster}': "
+                "leave it empty"
             )
-        elif cluster == "slurm" and not SLURM_ACCOUNT.match(account):
-            yield f"slurm_account '{account}' is not a Slurm account name: use letters, digits, '_', '.', '-'"
-        elif cluster in ("kubernetes", "local"):
-            yield f"slurm_account '{account}' is only used with cluster lumi or slurm, not '{cluster}': leave it empty"
+        elif not re.fullmatch(spec["pattern"], account):
+            yield (
+                f"slurm_account '{account}' is not a {cluster} account: it must match {spec['pattern']} "
+                f"(e.g. '{spec['example']}'), or leave it empty to give it at run time"
+            )
 
     remote, url = answers["dvc_remote"], answers["dvc_remote_url"]
     if remote == "s3" and url and not S3_URL.match(url):

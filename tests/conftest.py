@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from cookiecutter.main import cookiecutter
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
+SKELETON = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+PROFILES = TEMPLATE_DIR / "profiles"
+# The rule modules' helpers, imported the way a project's rules import them (workflow/lib is rules_lib/lib here).
+sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib" / "lib"))
+
+
+def choices(name: str) -> list[str]:
+    """The choices of a template question, from cookiecutter.json (the one place they are written)."""
+    return json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())[name]
+
+
+def cluster_description(name: str) -> dict:
+    """What profiles/<name>/profile.yaml loads as config: {"cluster": ...} (nothing for a profile without one)."""
+    path = PROFILES / name / "cluster.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def project_config(profile: str | None = None, **sections) -> dict:
+    """The config a project's workflow sees: the skeleton's config/config.yaml (default answers), the profile's
+    cluster description, `sections` replacing top-level sections, validated with the defaults filled in."""
+    from smkml import schemas
+
+    text = (SKELETON / "config/config.yaml").read_text()
+    text = text.replace("{{ cookiecutter.training_backend }}", choices("training_backend")[0])
+    text = text.replace("{{ cookiecutter.project_slug }}", "demo")
+    config = {**yaml.safe_load(text), **(cluster_description(profile) if profile else {}), **sections}
+    return schemas.validate(config)
 
 
 def command_env(**extra: str) -> dict[str, str]:

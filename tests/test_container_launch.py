@@ -1,25 +1,20 @@
 """The container runtime layer of a training launch: golden command lines per runtime x launcher, clear errors.
 
 Each line is what a generated project's `train_model` rule runs (launcher -> runtime -> python), composed by
-`training_command` in rules_lib/smkml/launch.py from the config's `container:` section and the cluster
+`training_command` in rules_lib/lib/smkml/launch.py from the config's `container:` section and the cluster
 description's `container:` defaults. A project generated from the template is checked too: a bad runtime or a
 missing image stops `snakemake` while it parses the workflow, naming the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import yaml
+from smkml import resources
+from smkml.launch import ContainerError, container_probe, resolve_container, training_command
 
-from conftest import TEMPLATE_DIR, generate, run
+from conftest import generate, project_config, run
 
-sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib"))
-from smkml import resources  # noqa: E402
-from smkml.launch import ContainerError, container_probe, resolve_container, training_command  # noqa: E402
-
-PROFILES = TEMPLATE_DIR / "profiles"
 WORKDIR = "/scratch/project_465000001/demo"
 LUMI_MASK = (
     "mask_cpu:0x00fe000000000000,0xfe00000000000000,0x0000000000fe0000,0x00000000fe000000,"
@@ -86,17 +81,23 @@ GOLDEN = {
 }
 
 
+def container_section(runtime: str, **changes) -> dict:
+    """A complete `container:` section (the schema requires every key) for `runtime`."""
+    return {"runtime": runtime, "image": IMAGES.get(runtime, ""), "gpu": "auto", "binds": [], **changes}
+
+
 def launch_line(runtime: str, situation: str, **container) -> str:
     """The training command as train.smk composes it (resources -> ranks, srun options, container)."""
     launcher, cluster_name, backend, needs = SITUATIONS[situation]
-    cluster = resources.load_cluster(cluster_name, PROFILES)
-    step = resources.step_needs({"resources": {"train_model": needs}}, "train_model")
-    ranks = resources.ranks(step, 2) if cluster else 2
-    spec = {"runtime": runtime, **({"image": IMAGES[runtime]} if runtime != "none" else {}), **container}
-    resolved = resolve_container(spec, cluster, gpus=step["gpus"] if cluster else 0, project_dir=WORKDIR, check_image=False)
+    config = project_config(cluster_name, resources={"default": {"cpus": 1, "mem_mb": 1000, "runtime": 30},
+                                                      "train_model": needs})
+    ranks = resources.ranks(resources.step_needs(config, "train_model"), config["cluster"], 2)
+    step = resources.Step.plan(config, "train_model", ranks)
+    resolved = resolve_container(container_section(runtime, **container), config["cluster"], gpus=step.needs["gpus"],
+                                 project_dir=WORKDIR, check_image=False)
     return training_command(
-        launcher=launcher, backend=backend, processes=ranks, package="demo", args=[],
-        launcher_options=resources.srun_options(step, cluster) if cluster else [], container=resolved,
+        launcher=launcher, backend=backend, processes=step.ranks, package="demo", args=[],
+        launcher_options=step.srun_options, container=resolved,
     )
 
 
@@ -137,11 +138,13 @@ def test_charliecloud_extra_binds():
 
 
 def test_probe_reports_from_inside_the_container():
-    resolved = resolve_container({"runtime": "singularity", "image": "x.sif"}, project_dir=WORKDIR, check_image=False)
+    local = project_config()["cluster"]
+    resolved = resolve_container(container_section("singularity", image="x.sif"), local, project_dir=WORKDIR,
+                                 check_image=False)
     probe = container_probe(resolved)
     assert probe.startswith("echo 'container: singularity x.sif'; singularity exec x.sif python -c ")
     assert "/etc/smkml-image.json" in probe
-    assert container_probe(resolve_container(None)) == "true"
+    assert container_probe(resolve_container(container_section("none"), local)) == "true"
 
 
 @pytest.mark.parametrize(
@@ -165,14 +168,15 @@ def test_probe_reports_from_inside_the_container():
 def test_bad_container_settings_are_named(tmp_path, container, gpus, message):
     (tmp_path / "img").mkdir()
     with pytest.raises(ContainerError) as error:
-        resolve_container(container, resources.load_cluster("lumi", PROFILES), gpus=gpus, project_dir=tmp_path)
+        resolve_container({**container_section("none", image=""), **container}, project_config("lumi")["cluster"],
+                          gpus=gpus, project_dir=tmp_path)
     assert message in str(error.value)
 
 
 def test_existing_image_is_accepted_relative_to_the_project(tmp_path):
     (tmp_path / "containers/images").mkdir(parents=True)
     (tmp_path / "containers/images/demo.sif").write_bytes(b"")
-    resolved = resolve_container({"runtime": "apptainer", "image": "containers/images/demo.sif"}, project_dir=tmp_path)
+    resolved = resolve_container(container_section("apptainer"), project_config()["cluster"], project_dir=tmp_path)
     assert resolved == {"runtime": "apptainer", "image": "containers/images/demo.sif", "gpu": "none", "binds": [],
                         "workdir": str(tmp_path)}
 
@@ -186,7 +190,7 @@ def project(tmp_path_factory):
 
 
 def dry_run(project, *config):
-    return run(["snakemake", "-n", "--profile", "profiles/local", "--config", "launcher=local", *config], project,
+    return run(["snakemake", "-n", "--profile", "profiles/local", "--config", *config], project,
                check=False, timeout=300)
 
 

@@ -32,7 +32,8 @@ FILES = [
     "requirements.lock /opt/smkml/requirements.lock",
     "pyproject.toml /opt/smkml/project/pyproject.toml",
     "src /opt/smkml/project/src",
-    "workflow/rules/VENDORED.md /opt/smkml/VENDORED.md",
+    "vendored.json /opt/smkml/vendored.json",
+    "containers/extra-requirements.txt /opt/smkml/extra-requirements.txt",
     "containers/horovod/build-horovod.sh /opt/smkml/build-horovod.sh",
     "containers/install-project.sh /opt/smkml/install-project.sh",
 ]
@@ -119,8 +120,11 @@ def test_cotainr_environment_is_the_lock(project, tmp_path):
     python, pip, pip_section = env["dependencies"]
     assert (python, pip) == ("python=3.11", "pip")
     lock = [line for line in (project / "requirements.lock").read_text().splitlines() if line and line[0] != "#"]
-    assert pip_section["pip"] == ["--extra-index-url https://download.pytorch.org/whl/rocm6.4", *lock,
-                                  "setuptools==80.10.2", str(project)]
+    extra = [line for line in (project / "containers/extra-requirements.txt").read_text().splitlines()
+             if line and line[0] != "#"]
+    assert extra == ["setuptools==80.10.2"]  # torch needs setuptools>=77; the lock leaves it out
+    assert pip_section["pip"] == ["--extra-index-url https://download.pytorch.org/whl/rocm6.4", *lock, *extra,
+                                  str(project)]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", line) for line in lock)
     meta = json.loads((tmp_path / "lumi-cotainr.json").read_text())
     assert meta["requirements_lock_sha256"] == hashlib.sha256((project / "requirements.lock").read_bytes()).hexdigest()

@@ -62,8 +62,8 @@ def container_run(slurm_cluster, tmp_path_factory):
     config["resources"]["default"]["mem_mb"] = 2000
     config["train"]["hyperparameters"]["epochs"] = 10
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    # --config replaces the profile's whole `config:`: name cluster and launcher again, plus the container.
-    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster=lumi", "launcher=mpirun",
+    # Horovod ranks started by mpirun (Debian's Open MPI has no Slurm PMI), in the Charliecloud image.
+    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster={launcher: mpirun}",
                "container={runtime: charliecloud, image: containers/images/cpu}"]
     result = run(command, project, timeout=1200, USER=os.environ.get("USER", "root"), **cluster_env(slurm_cluster))
     return project, image, build_log, result, slurm_cluster

@@ -1,26 +1,25 @@
 """Generate the template across option combinations and check each project as its user would.
 
-Coupled options (backend x cluster) are taken as a full product; the others are cycled over it,
-as cookiecutter-data-science does.
+The options come from cookiecutter.json, as cookiecutter-data-science's test matrix does: coupled options
+(backend x cluster) are taken as a full product; the others are cycled over it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 import tomllib
 
 import pytest
 import yaml
 
-from conftest import run
+from conftest import choices, run
 
-BACKENDS = ["horovod", "torch_ddp"]
-CLUSTERS = ["lumi", "slurm", "kubernetes", "local"]
-CYCLED = {
-    "dvc_remote": ["local", "s3"],
-    "license": ["MIT", "BSD-3-Clause", "Apache-2.0", "Proprietary"],
-}
+BACKENDS = choices("training_backend")
+CLUSTERS = choices("cluster")
+CYCLED = {name: choices(name) for name in ("dvc_remote", "license")}
 ACCOUNTS = {"lumi": "project_465000001", "slurm": "my_group"}
 
 
@@ -66,17 +65,21 @@ REQUIRED_FILES = [
     "workflow/rules/prepare.smk",
     "workflow/rules/train.smk",
     "workflow/rules/evaluate.smk",
-    "workflow/rules/VENDORED.md",
     "workflow/lib/smkml/launch.py",
     "workflow/envs/pipeline.yaml",
-    "workflow/report/workflow.rst",
+    "workflow/schemas/config.schema.yaml",
+    "workflow/report/metrics.rst",
+    "workflow/description.rst",
+    "vendored.json",
     "config/config.yaml",
-    "config/schemas/config.schema.yaml",
     "notebooks/prepare.ipynb",
-    "profiles/local/config.yaml",
-    "profiles/lumi/config.yaml",
-    "profiles/slurm/config.yaml",
-    "profiles/kubernetes/config.yaml",
+    "profiles/local/profile.yaml",
+    "profiles/lumi/profile.yaml",
+    "profiles/lumi/cluster.yaml",
+    "profiles/slurm/profile.yaml",
+    "profiles/slurm/cluster.yaml",
+    "profiles/kubernetes/profile.yaml",
+    "profiles/kubernetes/cluster.yaml",
     "containers/horovod/build-horovod.sh",
     "data/raw/digits.csv.dvc",
     ".cruft.json",
@@ -111,8 +114,28 @@ def test_answers_reach_the_project(project):
     assert answers["cluster"] in (path / "Makefile").read_text()
     account = answers.get("slurm_account")
     if account:
-        cluster = yaml.safe_load((path / "profiles" / answers["cluster"] / "cluster.yaml").read_text())
+        cluster = yaml.safe_load((path / "profiles" / answers["cluster"] / "cluster.yaml").read_text())["cluster"]
         assert cluster["account"]["value"] == account
+
+
+def test_vendored_files_are_the_templates_and_recorded(project, template_dir):
+    """Every file of the template's shared trees landed at its place (rules_lib/ laid out as workflow/), and
+    vendored.json records each with its sha256 and the template's version and commit."""
+    answers, path = project
+    manifest = json.loads((path / "vendored.json").read_text())
+    expected = {}
+    for source, target in (("rules_lib", "workflow"), ("profiles", "profiles"), ("containers", "containers")):
+        for file in (template_dir / source).rglob("*"):
+            if file.is_file() and "__pycache__" not in file.parts:
+                expected[str(target / file.relative_to(template_dir / source))] = file
+    assert set(manifest["files"]) == {str(name) for name in expected}
+    for name, source in expected.items():
+        content = (path / name).read_bytes()
+        assert manifest["files"][name] == hashlib.sha256(content).hexdigest(), name
+        if not (answers.get("slurm_account") and name == f"profiles/{answers['cluster']}/cluster.yaml"):
+            assert content == source.read_bytes(), name  # only the account answer changes a vendored file
+    assert manifest["version"] == json.loads((template_dir / "cookiecutter.json").read_text())["_template_version"]
+    assert manifest["commit"] == json.loads((path / ".cruft.json").read_text())["commit"]
 
 
 def test_git_and_dvc_state(project):
@@ -134,11 +157,13 @@ def test_git_and_dvc_state(project):
         assert (path / "data/raw/digits.csv").exists()
 
 
-def test_lint_and_format(project):
+def test_make_lint(project):
+    """`make lint`: snakemake --lint, snakefmt --check and the vendored files as received."""
     _, path = project
-    lint = run(["snakemake", "--lint"], path, check=False)
+    lint = run(["make", "lint"], path, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    run(["snakefmt", "--check", "workflow"], path)
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+    assert "vendored files: " in lint.stdout
 
 
 def test_project_unit_tests(project):
@@ -166,14 +191,14 @@ def test_profiles_installed_for_snakemake_profile_name(project, tmp_path):
     installed = run(["python", "workflow/lib/smkml/install_profiles.py", "--dest", str(config_home / "snakemake")], path)
     assert "snakemake --profile lumi" in installed.stdout
     for name in ("lumi", "slurm", "kubernetes", "local"):
-        assert (config_home / "snakemake" / name / "config.yaml").is_file()
+        assert (config_home / "snakemake" / name / "profile.yaml").is_file()
     by_name = run(["snakemake", "-n", "--profile", "lumi"], path, XDG_CONFIG_HOME=str(config_home), SBATCH_ACCOUNT="project_465000001")
     assert "train_model" in by_name.stdout and "Using profile lumi" in by_name.stderr + by_name.stdout
     # A different profile already installed is not overwritten without --force.
-    (config_home / "snakemake/lumi/config.yaml").write_text("executor: slurm\n")
+    (config_home / "snakemake/lumi/profile.yaml").write_text("executor: slurm\n")
     clash = run(["python", "workflow/lib/smkml/install_profiles.py", "--dest", str(config_home / "snakemake")], path, check=False)
     assert clash.returncode != 0 and "--force" in clash.stderr
-    assert (config_home / "snakemake/lumi/config.yaml").read_text() == "executor: slurm\n"
+    assert (config_home / "snakemake/lumi/profile.yaml").read_text() == "executor: slurm\n"
 
 
 def test_dry_run_under_kubernetes_profile(project, s3_server):

@@ -51,11 +51,12 @@ def submit(project, s3_server, prefix, tmp_path, *args, cluster: dict | None = N
     description = project / "profiles/kubernetes/cluster.yaml"
     original = description.read_text()
     if cluster:
-        description.write_text(yaml.safe_dump({**yaml.safe_load(original), **cluster}))
+        description.write_text(yaml.safe_dump({"cluster": {**yaml.safe_load(original)["cluster"], **cluster}}))
     extra = []
     if config:
         (tmp_path / "override.yaml").write_text(yaml.safe_dump(config))
-        extra = ["--configfile", "config/config.yaml", str(tmp_path / "override.yaml")]
+        # A --configfile on the command line replaces the profile's: name the cluster description too.
+        extra = ["--configfile", "config/config.yaml", "profiles/kubernetes/cluster.yaml", str(tmp_path / "override.yaml")]
     try:
         with KubernetesApi() as api:
             result = run(
@@ -160,6 +161,26 @@ def test_without_a_pod_image_nothing_is_submitted(project, s3_server, bucket_pre
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "Snakemake's default" in output and "--container-image REGISTRY/IMAGE:TAG" in output, output[-3000:]
+    assert api.jobs() == []
+
+
+def test_a_configfile_that_drops_the_cluster_description_stops_before_submission(
+    project, s3_server, bucket_prefix, tmp_path
+):
+    """`--configfile` on the command line replaces the profile's `configfile:` (the cluster description): the
+    Kubernetes executor would get unmapped jobs, so the run stops before any Job, saying what to name."""
+    with KubernetesApi() as api:
+        result = run(
+            ["snakemake", "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
+             "--configfile", "config/config.yaml", "--profile", "profiles/kubernetes",
+             "--storage-s3-endpoint-url", s3_server["endpoint"]],
+            project, check=False, timeout=300, KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+            SNAKEMAKE_S3_PREFIX=bucket_prefix, **s3_server["env"],
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the kubernetes executor runs the steps, but the resources are mapped for cluster 'local'" in output, output[-3000:]
+    assert "profiles/<cluster>/cluster.yaml" in output
     assert api.jobs() == []
 
 

@@ -125,3 +125,32 @@ def test_second_run_has_nothing_to_do(finished):
     _, path, _ = finished
     again = run(["snakemake", "--profile", "profiles/local"], path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["snakemake", "-n"],
+        ["snakemake", "-n", "--profile", "profiles/local"],
+        ["snakemake", "-n", "--profile", "profiles/lumi"],
+        ["snakemake", "-n", "--profile", "profiles/slurm"],
+    ],
+    ids=["no-profile", "local", "lumi", "slurm"],
+)
+def test_where_it_ran_is_not_a_reason_to_rerun(finished, command):
+    """Switching profiles (or none) after a run has nothing to do: where a step ran is provenance, not a parameter."""
+    _, path, _ = finished
+    again = run(command, path, SBATCH_ACCOUNT="project_465000001")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+def test_where_it_ran_is_recorded(finished):
+    import mlflow
+
+    _, path, _ = finished
+    assert json.loads((path / "results/provenance.json").read_text())["profile"] == "local"
+    info = json.loads((path / "results/mlflow/run.json").read_text())
+    tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}/mlflow.db").get_run(info["run_id"]).data.tags
+    assert tags["snakemake.profile"] == "local"
+    assert "cluster.name" not in mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}/mlflow.db").get_run(
+        info["run_id"]).data.params  # the run's parameters are the config without where it ran

@@ -1,41 +1,47 @@
-"""The resource vocabulary mapped to Slurm: golden resource sets, launch lines and clear errors."""
+"""The resource vocabulary mapped to Slurm and Kubernetes: golden resource sets, launch lines and clear errors."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
+from smkml import resources
+from smkml.launch import training_command
 
-from conftest import TEMPLATE_DIR
+from conftest import PROFILES, cluster_description, project_config
 
-sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib"))
-from smkml import resources  # noqa: E402
-from smkml.launch import training_command  # noqa: E402
-
-PROFILES = TEMPLATE_DIR / "profiles"
 ACCOUNT = "project_465000001"
 LUMI_MASK = (
     "mask_cpu:0x00fe000000000000,0xfe00000000000000,0x0000000000fe0000,0x00000000fe000000,"
     "0x00000000000000fe,0x000000000000fe00,0x000000fe00000000,0x0000fe0000000000"
 )
-CONFIG = {
-    "resources": {
-        "default": {"cpus": 1, "mem_mb": 4000, "runtime": 30},
-        "one_gpu": {"gpus": 1, "nodes": 1, "runtime": 60},
-        "two_nodes": {"gpus": 8, "nodes": 2, "runtime": 120},
-    }
+RESOURCES = {
+    "default": {"cpus": 1, "mem_mb": 4000, "runtime": 30},
+    "one_gpu": {"gpus": 1, "nodes": 1, "runtime": 60},
+    "two_nodes": {"gpus": 8, "nodes": 2, "runtime": 120},
 }
+
+
+def config_for(cluster: str | None, resources_: dict | None = None, **cluster_changes) -> dict:
+    """A validated config on `cluster` (None: this machine) with these resources and cluster settings."""
+    config = project_config(cluster, resources=resources_ or RESOURCES)
+    config["cluster"].update(cluster_changes)
+    return config
+
+
+def plan(config: dict, rule: str, ranks: int = 1, account: str = ACCOUNT) -> resources.Step:
+    return resources.Step.plan(config, rule, ranks, account if resources.scheduler(config["cluster"]) == "slurm" else "")
 
 
 @pytest.fixture(params=["lumi", "slurm"])
 def cluster(request):
-    return resources.load_cluster(request.param, PROFILES)
+    return request.param
 
 
-def mapped(cluster, rule, tasks=1):
-    return resources.slurm_resources(rule, resources.step_needs(CONFIG, rule), cluster, ACCOUNT, tasks)
+def mapped(cluster, rule, ranks=1):
+    return plan(config_for(cluster), rule, ranks).request
 
 
 GOLDEN = {
@@ -77,47 +83,63 @@ GOLDEN_LAUNCH = {
 
 @pytest.mark.parametrize("rule", ["cpu_step", "one_gpu", "two_nodes"])
 def test_golden_resources_and_launch_line(cluster, rule):
-    assert mapped(cluster, rule) == GOLDEN[(cluster["name"], rule)]
-    if rule in GOLDEN_LAUNCH[cluster["name"]]:
-        needs = resources.step_needs(CONFIG, rule)
+    assert mapped(cluster, rule) == GOLDEN[(cluster, rule)]
+    if rule in GOLDEN_LAUNCH[cluster]:
+        config = config_for(cluster)
+        step = plan(config, rule, resources.ranks(resources.step_needs(config, rule), config["cluster"], 2))
         line = training_command(
-            launcher="srun", backend="horovod", processes=resources.ranks(needs, 2), package="demo", args=[],
-            launcher_options=resources.srun_options(needs, cluster),
+            launcher="srun", backend="horovod", processes=step.ranks, package="demo", args=[],
+            launcher_options=step.srun_options,
         )
-        assert line == GOLDEN_LAUNCH[cluster["name"]][rule]
+        assert line == GOLDEN_LAUNCH[cluster][rule]
 
 
 def test_cpu_training_on_slurm_launches_its_own_ranks():
-    cluster = resources.load_cluster("lumi", PROFILES)
-    needs = resources.step_needs({"resources": {"train_model": {"gpus": 0}}}, "train_model")
-    assert resources.ranks(needs, processes=2) == 2
-    result = resources.slurm_resources("train_model", needs, cluster, ACCOUNT, tasks=2)
+    config = config_for("lumi", {**RESOURCES, "train_model": {"gpus": 0}})
+    needs = resources.step_needs(config, "train_model")
+    assert resources.ranks(needs, config["cluster"], processes=2) == 2
+    result = plan(config, "train_model", ranks=2).request
     assert (result["slurm_partition"], result["tasks"], result["nodes"], result["mpi"]) == ("small", 2, 1, "srun")
 
 
-def lumi():
-    return resources.load_cluster("lumi", PROFILES)
+def test_local_runs_ignore_gpus_and_start_the_configured_processes():
+    config = config_for(None)
+    assert config["cluster"] == {"name": "local", "scheduler": "local", "launcher": "local", "container": {
+        "gpu": "none", "apptainer_binds": []}}
+    assert resources.ranks(resources.step_needs(config, "one_gpu"), config["cluster"], processes=2) == 2
+    step = plan(config, "one_gpu", ranks=2)
+    assert (step.partition, step.request, step.srun_options, step.threads) == (None, {"runtime": 60, "mem_mb": 4000}, [], 2)
 
 
 @pytest.mark.parametrize(
-    "config, rule, message",
+    "resources_, rule, message",
     [
-        ({"resources": {"x": {"partition": "gpu-huge"}}}, "x",
+        ({"x": {"partition": "gpu-huge"}}, "x",
          "partition 'gpu-huge' is not a partition of lumi (allowed: small, standard, small-g, standard-g, dev-g)"),
-        ({"resources": {"x": {"partition": "small", "gpus": 2}}}, "x",
+        ({"x": {"partition": "small", "gpus": 2}}, "x",
          "x: 2 GPU(s) requested on partition 'small', which has no GPUs (GPU partitions: small-g, standard-g, dev-g)"),
-        ({"resources": {"x": {"gpus": 1, "runtime": 5000}}}, "x",
+        ({"x": {"gpus": 1, "runtime": 5000}}, "x",
          "x: runtime 5000 min is over the 4320 min limit of partition 'small-g'"),
-        ({"resources": {"x": {"gpus": 8, "partition": "dev-g", "runtime": 240}}}, "x",
+        ({"x": {"gpus": 8, "partition": "dev-g", "runtime": 240}}, "x",
          "x: runtime 240 min is over the 180 min limit of partition 'dev-g'"),
-        ({"resources": {"x": {"gpus": 9}}}, "x", "x: 9 GPUs per node requested; 'small-g' nodes have 8"),
-        ({"resources": {"x": {"gpu": 1}}}, "x", "resources.x: unknown key(s) ['gpu']"),
+        ({"x": {"gpus": 9}}, "x", "x: 9 GPUs per node requested; 'small-g' nodes have 8"),
     ],
 )
-def test_bad_requests_are_named(config, rule, message):
+def test_bad_requests_are_named(resources_, rule, message):
     with pytest.raises(resources.ResourceError) as error:
-        resources.slurm_resources(rule, resources.step_needs(config, rule), lumi(), ACCOUNT)
+        plan(config_for("lumi", {**RESOURCES, **resources_}), rule)
     assert message in str(error.value)
+
+
+def test_unknown_resource_key_is_named_by_the_schema():
+    with pytest.raises(WorkflowError, match="Additional properties are not allowed \\('gpu' was unexpected\\)"):
+        config_for("lumi", {**RESOURCES, "x": {"gpu": 1}})
+
+
+def test_resource_defaults_come_from_the_schema():
+    needs = resources.step_needs(config_for(None), "cpu_step")
+    assert needs == {"cpus": 1, "mem_mb": 4000, "runtime": 30, "gpus": 0, "nodes": 1}
+    assert set(needs) < set(resources.VOCABULARY) == {"cpus", "mem_mb", "runtime", "gpus", "nodes", "partition"}
 
 
 @pytest.mark.parametrize(
@@ -129,22 +151,18 @@ def test_bad_requests_are_named(config, rule, message):
     ],
 )
 def test_account_errors(value, environ, message):
-    cluster = lumi()
+    cluster = config_for("lumi")["cluster"]
     cluster["account"]["value"] = value
     with pytest.raises(resources.ResourceError, match=message.replace("$", r"\$").replace("(", r"\(")):
         resources.account(cluster, environ)
 
 
 def test_account_from_answer_or_environment():
-    cluster = lumi()
+    cluster = config_for("lumi")["cluster"]
+    assert cluster["account"]["env"] == "SBATCH_ACCOUNT" and cluster["account"]["required"] is True  # defaults
     assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == ACCOUNT
     cluster["account"]["value"] = "project_465000002"
     assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == "project_465000002"
-
-
-def test_unknown_cluster_lists_the_known_ones():
-    with pytest.raises(resources.ResourceError, match="cluster 'puhti' has no description .* \\(known clusters: kubernetes, lumi, slurm\\)"):
-        resources.load_cluster("puhti", PROFILES)
 
 
 class JobResources(dict):
@@ -191,34 +209,29 @@ GOLDEN_SBATCH = {
 @pytest.mark.parametrize("key", sorted(GOLDEN_SBATCH), ids=lambda key: "-".join(key))
 def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
     name, rule = key
-    line = plugin_sbatch_line(mapped(resources.load_cluster(name, PROFILES), rule))
+    line = plugin_sbatch_line(mapped(name, rule))
     assert " ".join(line.split()) == GOLDEN_SBATCH[key]
 
 
-@pytest.mark.parametrize("cluster_name", [None, "lumi", "slurm"])
-def test_mlflow_writers_take_the_one_mlflow_db_slot(cluster_name):
-    """Steps writing to the MLflow store hold `mlflow_db`, which every profile caps at 1 (no concurrent SQLite
-    writers on a parallel filesystem); other steps do not hold it."""
-    import yaml
+MLFLOW_WRITERS = {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model"}
 
-    cluster = resources.load_cluster(cluster_name, PROFILES) if cluster_name else None
-    config = {"resources": {"default": {"cpus": 1, "mem_mb": 1000, "runtime": 10}}}
-    for rule in ("start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance",
-                 "register_model"):
-        assert resources.scheduler_resources(config, cluster, ACCOUNT, rule)["mlflow_db"] == 1, rule
-    for rule in ("fetch_data", "compare_to_reference"):
-        assert "mlflow_db" not in resources.scheduler_resources(config, cluster, ACCOUNT, rule), rule
+
+def test_mlflow_writers_take_the_one_mlflow_db_slot():
+    """Each rule that writes to the MLflow store says so itself (mlflow_db: 1), and every profile caps mlflow_db at 1:
+    no concurrent SQLite writers on a parallel filesystem. Other rules do not hold it."""
+    from conftest import TEMPLATE_DIR
+
+    holders = set()
+    for module in (TEMPLATE_DIR / "rules_lib/rules").glob("*.smk"):
+        for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", module.read_text(), re.M):
+            if re.search(r"^    resources:\n(?:        .*\n)*        mlflow_db=1,", body, re.M):
+                holders.add(rule)
+    assert holders == MLFLOW_WRITERS
     for profile in ("local", "lumi", "slurm", "kubernetes"):
-        assert yaml.safe_load((PROFILES / profile / "config.yaml").read_text())["resources"] == {"mlflow_db": 1}
+        assert yaml.safe_load((PROFILES / profile / "profile.yaml").read_text())["resources"] == {"mlflow_db": 1}
 
 
 # Kubernetes: the same vocabulary mapped to pod resources (the manifests themselves: tests/test_kubernetes_profile.py).
-
-
-def kubernetes(**changes):
-    cluster = resources.load_cluster("kubernetes", PROFILES)
-    cluster.update(changes)
-    return cluster
 
 
 @pytest.mark.parametrize(
@@ -240,11 +253,12 @@ def kubernetes(**changes):
     ids=["cpu", "nvidia", "amd-machine-type", "cpu-machine-type"],
 )
 def test_kubernetes_golden(rule, cluster_changes, expected):
-    cluster = kubernetes(**cluster_changes)
-    assert resources.scheduler_resources(CONFIG, cluster, "", rule) == expected
-    # Nothing Slurm-only leaks into a Kubernetes run: no account, no srun options.
-    assert resources.account(cluster, {"SBATCH_ACCOUNT": ACCOUNT}) == ""
-    assert resources.srun_options(resources.step_needs(CONFIG, rule), cluster) == []
+    config = config_for("kubernetes", **cluster_changes)
+    step = plan(config, rule)
+    assert step.request == expected
+    # Nothing Slurm-only leaks into a Kubernetes run: no account, no partition, no srun options.
+    assert resources.account(config["cluster"], {"SBATCH_ACCOUNT": ACCOUNT}) == ""
+    assert (step.partition, step.srun_options) == (None, [])
 
 
 @pytest.mark.parametrize(
@@ -256,40 +270,48 @@ def test_kubernetes_golden(rule, cluster_changes, expected):
     ],
 )
 def test_kubernetes_errors(rule, message):
-    config = {"resources": {**CONFIG["resources"], "nine_gpus": {"gpus": 9}, "on_partition": {"partition": "small-g"}}}
+    config = config_for("kubernetes", {**RESOURCES, "nine_gpus": {"gpus": 9}, "on_partition": {"partition": "small-g"}})
     with pytest.raises(resources.ResourceError, match=re.escape(message)):
-        resources.scheduler_resources(config, kubernetes(), "", rule)
+        plan(config, rule)
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"scheduler": "pbs"}, "scheduler 'pbs' of {path} is not supported (allowed: slurm, kubernetes)"),
-        ({"gpu": {"manufacturer": "intel"}}, "gpu.manufacturer 'intel' of {path} is not supported (allowed: nvidia, amd)"),
+        ({"scheduler": "pbs"}, "'pbs' is not one of ['local', 'slurm', 'kubernetes']"),
+        ({"gpu": {"manufacturer": "intel", "max_per_pod": 8}}, "'intel' is not one of ['nvidia', 'amd']"),
+        ({"launcher": "srun"}, "'local' was expected"),
+        ({"nodes": 2}, "Additional properties are not allowed ('nodes' was unexpected)"),
     ],
 )
-def test_bad_cluster_descriptions(tmp_path, changes, message):
-    description = yaml.safe_load((PROFILES / "kubernetes/cluster.yaml").read_text())
-    (tmp_path / "k8s").mkdir()
-    path = tmp_path / "k8s/cluster.yaml"
-    path.write_text(yaml.safe_dump({**description, **changes}))
-    with pytest.raises(resources.ResourceError, match=re.escape(message.format(path=path))):
-        resources.load_cluster("k8s", tmp_path)
+def test_bad_cluster_descriptions_are_named_by_the_schema(changes, message):
+    description = cluster_description("kubernetes")
+    description["cluster"].update(changes)
+    with pytest.raises(WorkflowError, match=re.escape(message)):
+        project_config(**description)
 
 
 def test_threads_are_cpus_per_rank_times_ranks():
-    config = {"resources": {"default": {"cpus": 3}, "train_model": {"cpus": 2}}}
-    assert resources.step_threads(config, "prepare_data") == 3
-    assert resources.step_threads(config, "train_model", tasks=4) == 8
-    assert resources.step_threads({}, "train_model", tasks=2) == 2  # cpus defaults to 1
+    config = config_for(None, {"default": {"cpus": 3, "mem_mb": 100, "runtime": 1}, "train_model": {"cpus": 2}})
+    assert plan(config, "prepare_data").threads == 3
+    assert plan(config, "train_model", ranks=4).threads == 8
 
 
 def test_pod_image_must_not_be_snakemakes_default():
+    kubernetes = config_for("kubernetes")["cluster"]
     with pytest.raises(resources.ResourceError, match="pod image 'snakemake/snakemake:v9.27.1' is Snakemake's default"):
-        resources.check_pod_image(kubernetes(), "snakemake/snakemake:v9.27.1")
-    resources.check_pod_image(kubernetes(), "registry.example.org/digits:1")
-    resources.check_pod_image(resources.load_cluster("lumi", PROFILES), "snakemake/snakemake:v9.27.1")  # not used there
-    resources.check_pod_image(None, "snakemake/snakemake:v9.27.1")
+        resources.check_pod_image(kubernetes, "snakemake/snakemake:v9.27.1")
+    resources.check_pod_image(kubernetes, "registry.example.org/digits:1")
+    resources.check_pod_image(config_for("lumi")["cluster"], "snakemake/snakemake:v9.27.1")  # not used there
+    resources.check_pod_image(config_for(None)["cluster"], "snakemake/snakemake:v9.27.1")
+
+
+@pytest.mark.parametrize("executor, cluster", [("slurm", None), ("kubernetes", "lumi"), ("slurm", "kubernetes")])
+def test_an_executor_without_its_cluster_description_stops(executor, cluster):
+    with pytest.raises(resources.ResourceError, match=f"the {executor} executor runs the steps, but the resources are mapped"):
+        resources.check_executor(config_for(cluster)["cluster"], executor)
+    resources.check_executor(config_for(executor)["cluster"], executor)
+    resources.check_executor(config_for(cluster)["cluster"], "local")
 
 
 # Retries: runtime and memory grow with the attempt (the profiles set `retries:`).
@@ -300,17 +322,17 @@ def at_attempt(resources_, attempt):
 
 
 def test_retries_double_runtime_and_memory_within_the_partition_limit():
-    lumi_cluster = lumi()
-    cpu = resources.step_resources(CONFIG, lumi_cluster, ACCOUNT, "cpu_step")
-    assert at_attempt(cpu, 1) == mapped(lumi_cluster, "cpu_step")  # the first attempt is the golden request
-    assert at_attempt(cpu, 2) == {**mapped(lumi_cluster, "cpu_step"), "runtime": 60, "mem_mb": 8000}
+    lumi = config_for("lumi")
+    cpu = plan(lumi, "cpu_step").resources
+    assert at_attempt(cpu, 1) == mapped("lumi", "cpu_step")  # the first attempt is the golden request
+    assert at_attempt(cpu, 2) == {**mapped("lumi", "cpu_step"), "runtime": 60, "mem_mb": 8000}
     # dev-g allows 180 minutes: the third attempt of a 120-minute step is held at 180.
-    config = {"resources": {"dev": {"gpus": 1, "runtime": 120, "partition": "dev-g"}}}
-    gpu = resources.step_resources(config, lumi_cluster, ACCOUNT, "dev")
+    dev = config_for("lumi", {**RESOURCES, "dev": {"gpus": 1, "runtime": 120, "partition": "dev-g"}})
+    gpu = plan(dev, "dev").resources
     assert [at_attempt(gpu, n)["runtime"] for n in (1, 2, 3)] == [120, 180, 180]
     assert at_attempt(gpu, 2)["mem_mb"] == 0  # memory per GPU (--mem-per-gpu): nothing to grow
     # Locally and on Kubernetes nothing caps the runtime.
-    local = resources.step_resources(CONFIG, None, "", "cpu_step")
+    local = plan(config_for(None), "cpu_step").resources
     assert at_attempt(local, 3) == {"runtime": 90, "mem_mb": 12000}
-    pod = resources.step_resources(CONFIG, kubernetes(), "", "one_gpu")
+    pod = plan(config_for("kubernetes"), "one_gpu").resources
     assert at_attempt(pod, 2) == {"runtime": 120, "mem_mb": 8000, "gpu": 1, "gpu_manufacturer": "nvidia", "scale": 0}

@@ -58,9 +58,9 @@ def lumi_run(request, slurm_cluster, tmp_path_factory):
     config["resources"]["default"]["mem_mb"] = 2000
     config["train"]["hyperparameters"]["epochs"] = 10
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    # --config on the command line replaces the profile's `config:` as a whole: name the cluster again.
-    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster=lumi", "profile=lumi",
-               f"launcher={VARIANTS[backend]}"]
+    # The launcher is the cluster description's (srun); Horovod here needs mpirun (see VARIANTS).
+    launcher = [] if VARIANTS[backend] == "srun" else ["--config", f"cluster={{launcher: {VARIANTS[backend]}}}"]
+    command = ["snakemake", "--profile", "profiles/lumi", *launcher]
     result = run(command, project, timeout=900, **cluster_env(slurm_cluster))
     return project, result, slurm_cluster
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from smkml.launch import training_command
 
 from conftest import TEMPLATE_DIR, generate, run
-
-sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib"))
-from smkml.launch import training_command  # noqa: E402
 
 
 def test_template_given_as_git_url(tmp_path):
@@ -27,8 +23,8 @@ def test_template_given_as_git_url(tmp_path):
     run(["git", "clone", "--quiet", "--bare", str(source), str(bare)], tmp_path)
 
     project = generate(tmp_path / "out", template=f"file://{bare}", project_name="Remote Study")
-    assert (project / "workflow/rules/train.smk").read_text() == (TEMPLATE_DIR / "rules_lib/train.smk").read_text()
-    assert (project / "profiles/lumi/config.yaml").is_file()
+    assert (project / "workflow/rules/train.smk").read_text() == (TEMPLATE_DIR / "rules_lib/rules/train.smk").read_text()
+    assert (project / "profiles/lumi/profile.yaml").is_file()
     assert run(["git", "status", "--porcelain"], project).stdout == ""
     run(["snakemake", "-n", "--profile", "profiles/local"], project)
 

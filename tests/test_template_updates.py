@@ -7,6 +7,7 @@ The template is a copy of this checkout in a temporary git repository, so that i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_template_change_is_reported_then_brought_in(generated):
     dvc_config_before = (project / ".dvc/config").read_text()
 
     # The template moves on: a vendored rule module, a template file, and the config away from the user's edit.
-    fetch_rule = template / "rules_lib/fetch.smk"
+    fetch_rule = template / "rules_lib/rules/fetch.smk"
     fetch_rule.write_text(TEMPLATE_LINE + "\n" + fetch_rule.read_text())
     readme = template / "{{cookiecutter.project_slug}}/README.md"
     readme.write_text(readme.read_text() + "\n## Template v2\n\nNew section for {{ cookiecutter.project_name }}.\n")
@@ -117,7 +118,10 @@ def test_template_change_is_reported_then_brought_in(generated):
     assert (package / "model.py").read_text().endswith(USER_HELPER)
     assert not list(project.rglob("*.rej")) and not list(project.rglob("*.orig"))
     changed = {line[3:] for line in run(["git", "status", "--porcelain"], project).stdout.splitlines()}
-    assert changed == {".cruft.json", "README.md", "config/config.yaml", "workflow/rules/fetch.smk"}
+    assert changed == {".cruft.json", "README.md", "config/config.yaml", "workflow/rules/fetch.smk", "vendored.json"}
+    manifest = json.loads((project / "vendored.json").read_text())
+    assert manifest["commit"] == second
+    assert manifest["files"]["workflow/rules/fetch.smk"] == hashlib.sha256(fetch_rule.read_bytes()).hexdigest()
     # ... and neither did git history, DVC config or the DVC remote (the re-rendering hook left them alone).
     assert git(project, "rev-list", "--count", "HEAD") == commits_before
     assert (project / ".dvc/config").read_text() == dvc_config_before
@@ -160,7 +164,7 @@ def test_cruft_rendering_runs_no_git_or_dvc(generated, tmp_path):
     )
     rendered = Path(generate_files(repo_dir=str(generated["template"]), context=context, output_dir=str(tmp_path)))
     assert rendered == tmp_path / "drift-study"
-    assert (rendered / "workflow/rules/fetch.smk").is_file() and (rendered / "profiles/lumi/config.yaml").is_file()
+    assert (rendered / "workflow/rules/fetch.smk").is_file() and (rendered / "profiles/lumi/profile.yaml").is_file()
     for state_path in (".git", ".dvc", ".dvcignore", "data", ".cruft.json"):
         assert not (rendered / state_path).exists(), f"{state_path} made while cruft rendered the template"
     assert not (tmp_path / "drift-study-dvc-remote").exists()

@@ -12,10 +12,10 @@
 # plus the project). A second build with the same inputs reuses them. The project gets a link
 # containers/images/cpu -> the image, the default `container.image` for runtime charliecloud.
 #
-# Usage: build-charliecloud.sh [--project DIR] [--backend horovod|torch_ddp] [--python PYTHON] [--cache DIR]
+# Usage: build-charliecloud.sh [--project DIR] [--backend BACKEND] [--python PYTHON] [--cache DIR]
 #                              [--mirror URL|SOURCES_FILE] [--link PATH] [--rebuild]
 #   --project  the generated project (default: the project this script is vendored into)
-#   --backend  default: train.backend of the project's config/config.yaml
+#   --backend  a train.backend of the project's schema (default: the one in config/config.yaml)
 #   --python   host CPython 3.11 with pip (and torch, for a Horovod build) (default: python3 on PATH)
 #   --cache    default: $SMKML_CACHE or ~/.cache/cookiecutter-snakemake-ml
 #   --mirror   Debian mirror or apt sources file (default: the host's apt sources, else deb.debian.org)
@@ -28,9 +28,9 @@ set -euo pipefail
 RECIPE_VERSION=2 # bump when the image layout changes: invalidates cached images
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates,libopenmpi3,libgomp1
-# torch needs setuptools>=77 at run time; pip's lock leaves setuptools out, so the image pins it here.
-EXTRA_REQUIREMENTS="setuptools==80.10.2"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# What the image installs besides the lock (setuptools for torch): one list for every image.
+EXTRA_REQUIREMENTS=$(sed 's/#.*//' "$here/../extra-requirements.txt" | xargs)
 project=""
 backend=""
 python=python3
@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
     --link) link="${2:-}"; shift 2 ;;
     --rebuild) rebuild=1; shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (allowed: --project DIR, --backend horovod|torch_ddp, --python PYTHON, --cache DIR, --mirror URL|FILE, --link PATH, --rebuild)" ;;
+    *) die "unknown argument '$1' (allowed: --project DIR, --backend BACKEND, --python PYTHON, --cache DIR, --mirror URL|FILE, --link PATH, --rebuild)" ;;
   esac
 done
 
@@ -71,7 +71,12 @@ if [ -z "$backend" ]; then
   backend=$("$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["train"]["backend"])' \
     "$project/config/config.yaml") || die "cannot read train.backend from $project/config/config.yaml: pass --backend"
 fi
-case "$backend" in horovod|torch_ddp) ;; *) die "--backend '$backend' is not one of: horovod, torch_ddp" ;; esac
+# The backends are the schema's (workflow/schemas/config.schema.yaml), the one list of them.
+backends=$("$python" -c 'import sys, yaml
+schema = yaml.safe_load(open(sys.argv[1]))
+print(" ".join(schema["properties"]["train"]["properties"]["backend"]["enum"]))' \
+  "$project/workflow/schemas/config.schema.yaml") || die "cannot read the backends from $project/workflow/schemas"
+case " $backends " in *" $backend "*) ;; *) die "--backend '$backend' is not one of: ${backends// /, }" ;; esac
 py_tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 [ "$py_tag" = cp311 ] || die "host python '$python' is $py_tag; the image's Python (Debian $SUITE) is cp311: pass --python"
 
@@ -190,8 +195,8 @@ fi
 
 # -------------------------------------------------------------- project image: base + the project package
 slug=$(basename "$project")
-template_version=$(sed -n 's/^Template version \([^ .]*\.[^ .]*\.[^ .]*\).*/\1/p' \
-  "$project/workflow/rules/VENDORED.md" 2>/dev/null | head -n 1)
+template_version=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+  "$project/vendored.json" 2>/dev/null || true)
 source_sha=$(cd "$project" && find pyproject.toml src -type f ! -path '*__pycache__*' ! -path '*.egg-info*' \
   ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
 key=$(printf '%s\n' "base=$base_key" "source=$source_sha" "project=$project" | sha256sum | cut -c1-16)

@@ -20,37 +20,40 @@ import argparse
 import datetime
 import hashlib
 import json
-import re
 from pathlib import Path
 
 PYTHON = "3.11"
 TORCH_INDEX = "https://download.pytorch.org/whl/rocm6.4"
-EXTRA_REQUIREMENTS = ["setuptools==80.10.2"]  # torch needs setuptools>=77; the lock leaves it out
 
 
-def lock_requirements(lock: Path) -> list[str]:
-    lines = [line.strip() for line in lock.read_text().splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+def requirement_lines(path: Path) -> list[str]:
+    """The requirement lines of a pip file, comments and blank lines left out."""
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+# What every image installs besides the lock (setuptools for torch): containers/extra-requirements.txt.
+EXTRA_REQUIREMENTS = requirement_lines(Path(__file__).resolve().parents[1] / "extra-requirements.txt")
 
 
 def environment(project: Path) -> dict:
     """The conda environment: python, pip, and every pinned package of the lock under pip."""
-    pip = ["--extra-index-url " + TORCH_INDEX, *lock_requirements(project / "requirements.lock"),
+    pip = ["--extra-index-url " + TORCH_INDEX, *requirement_lines(project / "requirements.lock"),
            *EXTRA_REQUIREMENTS, str(project.resolve())]
     return {"name": "smkml", "channels": ["conda-forge"],
             "dependencies": [f"python={PYTHON}", "pip", {"pip": pip}]}
 
 
 def metadata(project: Path) -> dict:
-    vendored = project / "workflow/rules/VENDORED.md"
-    match = re.search(r"Template version (\S+?)\.?\s", vendored.read_text()) if vendored.exists() else None
+    vendored = project / "vendored.json"
+    version = json.loads(vendored.read_text())["version"] if vendored.is_file() else "unknown"
     return {
         "base": f"cotainr --system=lumi-g (conda-forge python={PYTHON})",
         "gpu": "rocm",
         "requirements_lock_sha256": hashlib.sha256((project / "requirements.lock").read_bytes()).hexdigest(),
         "extra_requirements": EXTRA_REQUIREMENTS,
         "torch_index": TORCH_INDEX,
-        "template_version": match.group(1) if match else "unknown",
+        "template_version": version,
         "horovod": None,
         "recipe": "containers/lumi/cotainr_env.py",
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -4,7 +4,7 @@ import os
 # AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC. Data already in the
 # local DVC cache is checked out without the remote.
 # Relative to the working directory, where jobs run (also in a container or a pod with the sources deployed).
-DVC_FETCH = os.path.relpath(Path(workflow.basedir) / "lib" / "smkml" / "dvc_remote.py")
+DVC_FETCH = os.path.relpath(LIB_DIR / "smkml" / "dvc_remote.py")
 
 
 rule fetch_data:
@@ -16,9 +16,9 @@ rule fetch_data:
         "logs/fetch_data.log",
     conda:
         "../envs/pipeline.yaml"
-    threads: step_threads("fetch_data")
+    threads: step("fetch_data").threads
     resources:
-        **step_resources("fetch_data"),
+        **step("fetch_data").resources,
     params:
         fetch=DVC_FETCH,
     message:

@@ -2,27 +2,30 @@
 
 This is the one place that decides how ranks are started and where they run. Each layer is chosen in one place:
 
-    launcher   the profile (`config: launcher`): local (horovodrun/torchrun), srun or mpirun inside a Slurm job
+    launcher   the cluster description the profile loads (`cluster.launcher`): local (horovodrun/torchrun), srun or
+               mpirun inside a Slurm job; without a cluster profile, local
     runtime    config/config.yaml `container:` (runtime, image, gpu, binds), with per-cluster defaults (GPU flavour,
-               host binds) from the cluster description profiles/<cluster>/cluster.yaml `container:`
+               host binds) from the cluster description (`cluster.container`)
     python     `python -m <package>.train --backend <train.backend>`
 
 On a cluster the launcher starts one container per rank (`srun ... singularity exec ... python`), as LUMI and LRZ
 do; locally the launcher is itself a Python program shipped with torch/Horovod, so it runs inside the container
 (`ch-run ... -- torchrun ... -m <package>.train`) and the ranks share the image's environment.
+The allowed launchers, backends, runtimes and GPU flavours are the schema's (workflow/schemas/).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-LAUNCHERS = ("local", "srun", "mpirun")
-BACKENDS = ("horovod", "torch_ddp")
-RUNTIMES = ("none", "apptainer", "singularity", "charliecloud")
-GPU_FLAVOURS = ("auto", "none", "rocm", "cuda")
+from . import schemas
+
+LAUNCHERS = schemas.allowed("config", "$defs", "cluster", "properties", "launcher")
+BACKENDS = schemas.allowed("config", "properties", "train", "properties", "backend")
+RUNTIMES = schemas.allowed("config", "$defs", "runtime")
+GPU_FLAVOURS = schemas.allowed("config", "properties", "container", "properties", "gpu")
 # The metadata file every image built from containers/ carries (lock hash, base image, template version).
 IMAGE_METADATA = "/etc/smkml-image.json"
 BUILD_HINTS = {
@@ -42,26 +45,25 @@ def _check(name: str, value: str, allowed: Sequence[str], error=ValueError) -> N
 
 
 def resolve_container(
-    container: dict | None,
-    cluster: dict | None = None,
+    container: dict,
+    cluster: dict,
     gpus: int = 0,
     project_dir: str | Path = ".",
     check_image: bool = True,
 ) -> dict:
-    """The container a training step runs in: config `container:` merged with the cluster's defaults.
+    """The container a training step runs in: config `container:` merged with the cluster's defaults (both
+    validated against the schemas, so every key is there).
 
     Returns {runtime, image, gpu (none|rocm|cuda), binds, workdir (the absolute `project_dir`, where jobs run)}.
-    `gpu: auto` takes the cluster description's `container.gpu` for steps that request GPUs, else none. Apptainer/Singularity get the cluster's
-    `container.apptainer_binds` (on LUMI the Cray MPI and Slingshot libraries of the host) before the config's
-    `binds`. Rejects unknown runtimes and GPU flavours, a runtime the cluster does not allow (`container.runtimes`),
-    a missing image and GPU flags Charliecloud does not have.
+    `gpu: auto` takes the cluster description's `container.gpu` for steps that request GPUs, else none.
+    Apptainer/Singularity get the cluster's `container.apptainer_binds` (on LUMI the Cray MPI and Slingshot
+    libraries of the host) before the config's `binds`. Rejects unknown runtimes and GPU flavours, a runtime the
+    cluster does not allow (`container.runtimes`), a missing image and GPU flags Charliecloud does not have.
     """
-    container = dict(container or {})
-    runtime = container.get("runtime", "none")
+    runtime, gpu = container["runtime"], container["gpu"]
     _check("container.runtime", runtime, RUNTIMES, ContainerError)
-    gpu = container.get("gpu", "auto")
     _check("container.gpu", gpu, GPU_FLAVOURS, ContainerError)
-    defaults = (cluster or {}).get("container", {}) or {}
+    defaults = cluster["container"]
     if "runtimes" in defaults and runtime not in defaults["runtimes"]:  # e.g. Kubernetes: the pod is the container
         raise ContainerError(
             f"container.runtime '{runtime}' is not supported on cluster '{cluster['name']}' "
@@ -70,22 +72,21 @@ def resolve_container(
     workdir = str(Path(project_dir).absolute())
     if runtime == "none":
         return {"runtime": "none", "image": "", "gpu": "none", "binds": [], "workdir": workdir}
-    image = str(container.get("image") or "")
+    image = str(container["image"])
     if not image:
         raise ContainerError(f"container.image is empty: runtime '{runtime}' needs an image; {BUILD_HINTS[runtime]}")
     if check_image and "://" not in image and not (Path(workdir) / image).exists():
         raise ContainerError(f"container.image '{image}' does not exist (runtime '{runtime}'); {BUILD_HINTS[runtime]}")
     if gpu == "auto":
-        gpu = defaults.get("gpu", "none") if gpus and runtime != "charliecloud" else "none"
-        _check(f"container.gpu of cluster '{(cluster or {}).get('name')}'", gpu, GPU_FLAVOURS[1:], ContainerError)
+        gpu = defaults["gpu"] if gpus and runtime != "charliecloud" else "none"
     if runtime == "charliecloud" and gpu != "none":
         raise ContainerError(
             f"container.gpu '{gpu}' is not supported by charliecloud (allowed: auto, none): ch-run has no GPU flag; "
             "inject the host's GPU libraries into the image with ch-fromhost instead"
         )
-    binds = [str(bind) for bind in container.get("binds", []) or []]
+    binds = [str(bind) for bind in container["binds"]]
     if runtime in ("apptainer", "singularity"):
-        binds = [*map(str, defaults.get("apptainer_binds", []) or []), *binds]
+        binds = [*map(str, defaults["apptainer_binds"]), *binds]
     return {"runtime": runtime, "image": image, "gpu": gpu, "binds": binds, "workdir": workdir}
 
 
@@ -168,7 +169,3 @@ def container_probe(container: dict | None) -> str:
     code = PROBE.format(path=IMAGE_METADATA)
     return f"echo {shlex.quote(header)}; " + shlex.join([*runtime_prefix(container), "python", "-c", code])
 
-
-def image_metadata(path: str | Path) -> dict:
-    """The build metadata of an image directory (Charliecloud) or an extracted image root."""
-    return json.loads((Path(path) / IMAGE_METADATA.lstrip("/")).read_text())

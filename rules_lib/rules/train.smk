@@ -1,11 +1,7 @@
-from smkml.launch import container_probe, resolve_container
-
-# The container training runs in (config `container:`, cluster defaults from cluster.yaml); checked while parsing.
+TRAIN = step("train_model", TRAIN_RANKS)
+# The container training runs in (config `container:`, cluster defaults from its description); checked while parsing.
 TRAIN_CONTAINER = resolve_container(
-    config.get("container"),
-    CLUSTER,
-    gpus=TRAIN_NEEDS["gpus"] if CLUSTER else 0,
-    project_dir=Path.cwd(),
+    config["container"], CLUSTER, gpus=TRAIN.needs["gpus"], project_dir=Path.cwd()
 )
 
 
@@ -20,18 +16,20 @@ rule train_model:
         "logs/train_model.log",
     conda:
         "../envs/pipeline.yaml"
-    threads: step_threads("train_model", tasks=TRAIN_RANKS)
+    threads: TRAIN.threads
     resources:
-        **step_resources("train_model", tasks=TRAIN_RANKS),
+        **TRAIN.resources,
+        mlflow_db=1,
     params:
-        ranks=TRAIN_RANKS,
-        probe=container_probe(TRAIN_CONTAINER),
+        probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
+        # Functions of input and output are not recorded as rule parameters by Snakemake: how and where the ranks
+        # start (launcher, container, number of ranks) is provenance, not a reason to train again.
         command=lambda wildcards, input, output: training_command(
-            launcher=config["launcher"],
+            launcher=CLUSTER["launcher"],
             backend=config["train"]["backend"],
-            processes=TRAIN_RANKS,
+            processes=TRAIN.ranks,
             package=PACKAGE,
-            launcher_options=vocabulary.srun_options(TRAIN_NEEDS, CLUSTER),
+            launcher_options=TRAIN.srun_options,
             container=TRAIN_CONTAINER,
             args=[
                 "--train",
@@ -46,10 +44,10 @@ rule train_model:
                 "--checkpoint-dir",
                 "results/checkpoints/train_model",
                 "--checkpoint-every",
-                str(config["train"].get("checkpoint_every", 100)),
+                str(config["train"]["checkpoint_every"]),
             ],
         ),
     message:
-        "Training with {config[train][backend]} on {params.ranks} rank(s)"
+        f"Training with {config['train']['backend']} on {TRAIN.ranks} rank(s)"
     shell:
         "({params.probe}; {params.command}) > {log} 2>&1"

@@ -2,8 +2,9 @@
 
 Snakemake resolves `--profile lumi` in the current directory, then in $XDG_CONFIG_HOME/snakemake/lumi
 (default ~/.config/snakemake/lumi), then /etc/xdg/snakemake/lumi; it never looks in ./profiles/. This copies
-profiles/<name>/config.yaml there, so `snakemake --profile lumi` works as users type it. The cluster
-descriptions (profiles/<name>/cluster.yaml) stay in the project, which reads them by name.
+profiles/<name>/profile.yaml there, so `snakemake --profile lumi` works as users type it. The cluster
+descriptions (profiles/<name>/cluster.yaml) stay in the project: each profile loads its own by a path relative
+to the project directory (`configfile: profiles/<name>/cluster.yaml`), where snakemake runs.
 
     python workflow/lib/smkml/install_profiles.py [--dest DIR] [--force] [NAME ...]
 """
@@ -17,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+PROFILE_FILE = "profile.yaml"
+
 
 def default_destination() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
@@ -24,17 +27,17 @@ def default_destination() -> Path:
 
 
 def install(profiles_dir: Path, destination: Path, names: list[str], force: bool = False) -> list[Path]:
-    available = sorted(p.parent.name for p in profiles_dir.glob("*/config.yaml"))
+    available = sorted(p.parent.name for p in profiles_dir.glob(f"*/{PROFILE_FILE}"))
     unknown = [name for name in names if name not in available]
     if unknown:
         raise SystemExit(f"error: no profile {unknown} in {profiles_dir} (available: {', '.join(available)})")
     chosen = names or available
     # Check everything before writing anything: a differing installed profile is never overwritten silently.
     clashes = [
-        destination / name / "config.yaml"
+        destination / name / PROFILE_FILE
         for name in chosen
-        if (destination / name / "config.yaml").exists()
-        and not filecmp.cmp(destination / name / "config.yaml", profiles_dir / name / "config.yaml", shallow=False)
+        if (destination / name / PROFILE_FILE).exists()
+        and not filecmp.cmp(destination / name / PROFILE_FILE, profiles_dir / name / PROFILE_FILE, shallow=False)
     ]
     if clashes and not force:
         raise SystemExit(
@@ -44,9 +47,9 @@ def install(profiles_dir: Path, destination: Path, names: list[str], force: bool
         )
     installed = []
     for name in chosen:
-        target = destination / name / "config.yaml"
+        target = destination / name / PROFILE_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(profiles_dir / name / "config.yaml", target)
+        shutil.copyfile(profiles_dir / name / PROFILE_FILE, target)
         installed.append(target)
     return installed
 

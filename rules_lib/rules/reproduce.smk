@@ -20,7 +20,7 @@ rule compare_to_reference:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **step_resources("compare_to_reference"),
+        **step("compare_to_reference").resources,
     params:
         tolerances=json.dumps(config["reproduce"]["tolerances"]),
         package=PACKAGE,

@@ -20,9 +20,10 @@ rule prepare_data:
         "logs/prepare_data.log",
     conda:
         "../envs/pipeline.yaml"
-    threads: step_threads("prepare_data")
+    threads: step("prepare_data").threads
     resources:
-        **step_resources("prepare_data"),
+        **step("prepare_data").resources,
+        mlflow_db=1,
     params:
         processed_dir=lambda wildcards, output: Path(output.train).parent,
         test_fraction=config["prepare"]["test_fraction"],

@@ -14,10 +14,11 @@ rule start_tracking:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **step_resources("start_tracking"),
+        **step("start_tracking").resources,
+        mlflow_db=1,
     params:
         experiment=config["tracking"]["experiment"],
-        config=json.dumps(config, sort_keys=True),
+        config=RUN_CONFIG,
         package=PACKAGE,
     message:
         "Creating the pipeline's MLflow run in experiment {params.experiment}"
@@ -43,9 +44,10 @@ rule record_provenance:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **step_resources("record_provenance"),
+        **step("record_provenance").resources,
+        mlflow_db=1,
     params:
-        config=json.dumps(config, sort_keys=True),
+        config=RUN_CONFIG,
         package=PACKAGE,
     message:
         "Recording provenance (git, data, lockfile, container, Slurm jobs) on the run and in the report"
@@ -66,7 +68,8 @@ rule register_model:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **step_resources("register_model"),
+        **step("register_model").resources,
+        mlflow_db=1,
     params:
         name=config["tracking"]["registered_model"],
         package=PACKAGE,

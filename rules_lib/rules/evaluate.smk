@@ -20,9 +20,10 @@ rule evaluate_model:
         "logs/evaluate_model.log",
     conda:
         "../envs/pipeline.yaml"
-    threads: step_threads("evaluate_model")
+    threads: step("evaluate_model").threads
     resources:
-        **step_resources("evaluate_model"),
+        **step("evaluate_model").resources,
+        mlflow_db=1,
     params:
         package=PACKAGE,
     message:
