@@ -1,14 +1,54 @@
-# Shared set-up for every rule module: where the steps run, how each step is planned for it, and the environment
-# of every job. The including Snakefile defines PACKAGE and validates the config (which fills in the defaults).
+# Shared set-up of the rule modules (where the steps run, how each step is planned for it, the environment of
+# every job). The including Snakefile defines PACKAGE and validates the config, which fills in the defaults.
 import functools
 import json
+import shutil
 import sys
 from pathlib import Path
 
-# workflow/lib/, next to this module's folder (found so also when the workflow is used as a Snakemake module).
-LIB_DIR = (
-    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib"
-)
+# Where copies of a module's files go when the workflow is used as a Snakemake module from a git repository.
+MODULE_COPY = Path(".snakemake/smkml-module")
+
+
+def module_file(name):
+    """The module's file `name` (relative to its project root), copied out of Snakemake's source cache to
+    MODULE_COPY/name, so that helpers import and scripts run under their own names."""
+    target = MODULE_COPY / name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(workflow.source_path(f"../../{name}"), target)
+    return target
+
+
+def workflow_folder():
+    """workflow/ of this workflow: the folder itself, or, for a module read from a git repository (snakedeploy's
+    github(...)), copies of the vendored files of its workflow/ (listed in its vendored.json).
+    """
+    here = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+    if here.is_dir():
+        return here
+    shutil.rmtree(
+        MODULE_COPY, ignore_errors=True
+    )  # the module's files as this run's source has them
+    manifest = json.loads(module_file("vendored.json").read_text())
+    for name in manifest["files"]:
+        if name.startswith("workflow/"):
+            module_file(name)
+    return MODULE_COPY / "workflow"
+
+
+def project_file(path):
+    """A file of the project, relative to where Snakemake runs; when the workflow is used as a module and the
+    deploying folder has no such file, the module's own (e.g. the notebook)."""
+    if not AS_MODULE or Path(path).exists():
+        return path
+    return str(module_file(path))
+
+
+WORKFLOW_DIR = workflow_folder()
+# Used as a Snakemake module (snakedeploy): the rules come from another folder than the one Snakemake runs in.
+AS_MODULE = WORKFLOW_DIR.resolve() != (Path.cwd() / "workflow").resolve()
+LIB_DIR = WORKFLOW_DIR / "lib"
 sys.path.insert(0, str(LIB_DIR))
 from smkml import resources as vocabulary
 from smkml.jobs import shell_prefix
@@ -37,14 +77,6 @@ RUN_CONFIG = json.dumps(
 step = functools.cache(
     functools.partial(vocabulary.Step.plan, config, account=SLURM_ACCOUNT)
 )
-
-
-onstart:
-    # Real runs only (not -n); jobs start with --no-hooks, so this runs once, where Snakemake was started.
-    vocabulary.check_executor(CLUSTER, workflow.executor_plugin.name)
-    vocabulary.check_pod_image(
-        CLUSTER, workflow.remote_execution_settings.container_image
-    )
 
 
 # Training ranks: one per GPU on a cluster (resources.train_model gpus x nodes), else train.processes.

@@ -9,7 +9,7 @@ DVC_FETCH = os.path.relpath(LIB_DIR / "smkml" / "dvc_remote.py")
 
 rule fetch_data:
     input:
-        dvcfile=local(f"{RAW_DATA}.dvc"),
+        dvcfile=local(project_file(f"{RAW_DATA}.dvc")),
     output:
         RAW_DATA,
     log:

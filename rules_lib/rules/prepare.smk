@@ -1,7 +1,7 @@
 rule prepare_data:
     input:
         raw=RAW_DATA,
-        notebook=local(config["prepare"]["notebook"]),
+        notebook=local(project_file(config["prepare"]["notebook"])),
         run=RUN_FILE,
     output:
         train=f"{PROCESSED_DIR}/train.npz",

@@ -6,6 +6,15 @@ localrules:
     register_model,
 
 
+onstart:
+    # Before the first job of a real run (not -n), once, where Snakemake was started (jobs run with --no-hooks):
+    # the executor must be the one the cluster description maps for, and a Kubernetes pod image must be given.
+    vocabulary.check_executor(CLUSTER, workflow.executor_plugin.name)
+    vocabulary.check_pod_image(
+        CLUSTER, workflow.remote_execution_settings.container_image
+    )
+
+
 rule start_tracking:
     output:
         RUN_FILE,

@@ -13,11 +13,20 @@ def config(project_dir):
 
 @pytest.fixture()
 def schema(project_dir):
-    return str(project_dir / "config/schemas/config.schema.yaml")
+    return str(project_dir / "workflow/schemas/config.schema.yaml")
 
 
 def test_shipped_config_is_valid(config, schema):
     validate(copy.deepcopy(config), schema)
+
+
+@pytest.mark.parametrize("profile", ["lumi", "slurm", "kubernetes"])
+def test_each_cluster_description_is_valid(project_dir, config, schema, profile):
+    """What `snakemake --profile profiles/<name>` validates: the config with the profile's cluster description."""
+    description = yaml.safe_load((project_dir / "profiles" / profile / "cluster.yaml").read_text())
+    merged = {**config, **description}
+    validate(merged, schema)
+    assert merged["cluster"]["name"] == profile
 
 
 @pytest.mark.parametrize(
