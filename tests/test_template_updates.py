@@ -168,3 +168,28 @@ def test_cruft_rendering_runs_no_git_or_dvc(generated, tmp_path):
     for state_path in (".git", ".dvc", ".dvcignore", "data", ".cruft.json"):
         assert not (rendered / state_path).exists(), f"{state_path} made while cruft rendered the template"
     assert not (tmp_path / "drift-study-dvc-remote").exists()
+
+
+def test_make_lint_names_a_vendored_file_edited_by_hand(tmp_path):
+    """vendored.json records every vendored file; `make lint` (part of `make test`) names one edited by hand and says
+    how to bring the change in properly. Edited profiles (site settings) are notes, not errors."""
+    project = generate(tmp_path, project_name="Lint Study", cluster="slurm")
+    assert "vendored files: " in run(["python", "workflow/lib/smkml/vendored.py", "check"], project).stdout
+
+    cluster = project / "profiles/slurm/cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("small: {gpus_per_node: 0", "short: {gpus_per_node: 0"))
+    noted = run(["python", "workflow/lib/smkml/vendored.py", "check"], project)
+    assert "NOTE: profiles/slurm/cluster.yaml: edited by hand (site settings: yours to edit)" in noted.stdout
+
+    rule = project / "workflow/rules/train.smk"
+    rule.write_text(rule.read_text() + "\n# my change\n")
+    (project / "workflow/lib/smkml/jobs.py").unlink()
+    lint = run(["make", "lint"], project, check=False)
+    assert lint.returncode != 0
+    errors = [line for line in lint.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert [line.split(" (vendored from")[0] for line in errors] == [
+        "ERROR: workflow/lib/smkml/jobs.py: missing",
+        "ERROR: workflow/rules/train.smk: edited by hand",
+    ]
+    assert "cookiecutter-snakemake-ml 0.1.0 at " in errors[0]
+    assert "`cruft update`" in lint.stderr and "`cruft diff`" in lint.stderr

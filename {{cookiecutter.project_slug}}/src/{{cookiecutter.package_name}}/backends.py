@@ -17,7 +17,6 @@ import socket
 import torch
 from torch import nn
 
-BACKENDS = ("horovod", "torch_ddp")
 DEVICES = ("auto", "cpu", "gpu")
 # Set by Slurm (gres/gpu) and by the GPU runtimes: GPUs were meant for this process.
 GPU_VARIABLES = (
@@ -264,9 +263,11 @@ class TorchDDPBackend(Backend):
         self.dist.destroy_process_group()
 
 
+# The backends this package implements, by the name `train.backend` uses (the workflow's schema allows exactly these).
+BACKENDS = {backend.name: backend for backend in (HorovodBackend, TorchDDPBackend)}
+
+
 def create(name: str, device: str = "auto") -> Backend:
-    if name == "horovod":
-        return HorovodBackend(device)
-    if name == "torch_ddp":
-        return TorchDDPBackend(device)
-    raise ValueError(f"unknown training backend '{name}' (allowed: {', '.join(BACKENDS)})")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown training backend '{name}' (allowed: {', '.join(BACKENDS)})")
+    return BACKENDS[name](device)
