@@ -45,6 +45,8 @@ from types import SimpleNamespace
 
 import yaml
 
+from harness import BenchmarkError, base_environment, in_workdir, say  # benchmarks/harness.py
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PROFILE = "profiles/local"
 SNAKEMAKE = ["snakemake", "--profile", PROFILE]
@@ -71,14 +73,6 @@ THREAD_VARIABLES = (
 )
 
 
-class BenchmarkError(RuntimeError):
-    """A command failed or the project is not in the state the benchmark expects."""
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -95,18 +89,6 @@ def cpu_count() -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Environment and commands
-
-
-def base_environment() -> dict[str, str]:
-    """The caller's environment, with this interpreter's bin/ first on PATH (a venv's tools resolve) and no
-    MLFLOW_TRACKING_URI, so that every run uses the project's own store (which the reset removes)."""
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    parts = env.get("PATH", "").split(os.pathsep)
-    if parts[:1] != [bindir]:
-        env["PATH"] = os.pathsep.join([bindir, *parts])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def check_output(command: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -516,104 +498,101 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), Python {machine['python']}, "
         f"{machine['snakemake_path']} {machine['snakemake']}, load {machine['loadavg_start']}"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="smkml-bench-"))
+    return in_workdir(
+        "smkml-bench-",
+        args.keep,
+        lambda workdir: measure(args, env, machine, workdir),
+        " (project and logs under bench-logs/)",
+    )
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], machine: dict, workdir: Path) -> None:
+    """Generate the project in `workdir`, run the warm-up and the pairs, print (and write) the results."""
     logdir = workdir / "bench-logs"
     logdir.mkdir()
-    ok = False
-    try:
-        project = generate(workdir)
-        pristine = snapshot(project)
-        the_plan = plan(project, env)
+    project = generate(workdir)
+    pristine = snapshot(project)
+    the_plan = plan(project, env)
+    reset(project, pristine)
+    mode = "sequential" if args.sequential else f"concurrent within {the_plan.cores} core(s)"
+    say(f"plain run ({mode}), prefix: {the_plan.prefix}")
+    for job in the_plan.jobs:
+        if job.command:
+            say(f"  {job.rule} (threads {job.threads}, after {sorted(job.depends)}): {job.command}")
+
+    for n in range(args.warmup):
+        seconds, _ = run_plain(project, the_plan, env, args.sequential)
+        say(f"warm-up {n + 1}/{args.warmup}: plain run {seconds:.2f} s (not counted)")
         reset(project, pristine)
-        mode = "sequential" if args.sequential else f"concurrent within {the_plan.cores} core(s)"
-        say(f"plain run ({mode}), prefix: {the_plan.prefix}")
-        for job in the_plan.jobs:
-            if job.command:
-                say(f"  {job.rule} (threads {job.threads}, after {sorted(job.depends)}): {job.command}")
 
-        for n in range(args.warmup):
-            seconds, _ = run_plain(project, the_plan, env, args.sequential)
-            say(f"warm-up {n + 1}/{args.warmup}: plain run {seconds:.2f} s (not counted)")
-            reset(project, pristine)
-
-        pipeline, noop, plain, ratios, pairs = [], [], [], [], []
-        for n in range(1, args.repeats + 1):
-            cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
-            noop_log = logdir / f"snakemake-noop-{n}.log"
-            again, output = timed(SNAKEMAKE, project, env, noop_log)
-            if NOTHING_TO_DO not in output:
-                raise BenchmarkError(f"the rerun did something (no '{NOTHING_TO_DO}'):\n{tail(noop_log)}")
-            reset(project, pristine)
-            bare, per_rule = run_plain(project, the_plan, env, args.sequential)
-            reset(project, pristine)
-            pipeline.append(cold)
-            noop.append(again)
-            plain.append(bare)
-            ratios.append(cold / bare)
-            pairs.append(
-                {
-                    "snakemake_s": round(cold, 4),
-                    "noop_s": round(again, 4),
-                    "plain_s": round(bare, 4),
-                    "ratio": round(cold / bare, 4),
-                    "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()},
-                }
-            )
-            say(
-                f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
-                f"plain {bare:.2f} s, ratio {cold / bare:.3f}"
-            )
-
-        figures = [
-            figure("cold pipeline, snakemake", pipeline, "s", TARGETS["pipeline"]),
-            figure("no-op rerun, snakemake", noop, "s", TARGETS["noop"]),
-            figure("cold pipeline, plain commands", plain, "s", None),
-            figure("ratio snakemake/plain (per pair)", ratios, "x", TARGETS["ratio"]),
-        ]
-        machine["loadavg_end"] = list(os.getloadavg())
-        print()
-        print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
-        print(
-            f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
-            f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
-            f"{machine['loadavg_end'][0]:.2f}"
-        )
-        print(table(figures))
-        met = all(f["pass"] is not False for f in figures)
-        print("all targets met" if met else "some targets missed (reported, not enforced)")
-        if args.json:
-            result = {
-                "machine": machine,
-                "settings": {
-                    "repeats": args.repeats,
-                    "warmup": args.warmup,
-                    "plain_mode": mode,
-                    "profile": PROFILE,
-                    "template": str(TEMPLATE_DIR),
-                },
-                "plain_commands": [
-                    {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
-                    for j in the_plan.jobs
-                    if j.command
-                ],
-                "shell_prefix": the_plan.prefix,
-                "figures": figures,
-                "pairs": pairs,
-                "all_targets_met": met,
+    pipeline, noop, plain, ratios, pairs = [], [], [], [], []
+    for n in range(1, args.repeats + 1):
+        cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
+        noop_log = logdir / f"snakemake-noop-{n}.log"
+        again, output = timed(SNAKEMAKE, project, env, noop_log)
+        if NOTHING_TO_DO not in output:
+            raise BenchmarkError(f"the rerun did something (no '{NOTHING_TO_DO}'):\n{tail(noop_log)}")
+        reset(project, pristine)
+        bare, per_rule = run_plain(project, the_plan, env, args.sequential)
+        reset(project, pristine)
+        pipeline.append(cold)
+        noop.append(again)
+        plain.append(bare)
+        ratios.append(cold / bare)
+        pairs.append(
+            {
+                "snakemake_s": round(cold, 4),
+                "noop_s": round(again, 4),
+                "plain_s": round(bare, 4),
+                "ratio": round(cold / bare, 4),
+                "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()},
             }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-            say(f"wrote {args.json}")
-        ok = True
-        return 0
-    except BenchmarkError as error:
-        print(f"\nERROR: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"kept {workdir} (project and logs under bench-logs/)")
+        )
+        say(
+            f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
+            f"plain {bare:.2f} s, ratio {cold / bare:.3f}"
+        )
+
+    figures = [
+        figure("cold pipeline, snakemake", pipeline, "s", TARGETS["pipeline"]),
+        figure("no-op rerun, snakemake", noop, "s", TARGETS["noop"]),
+        figure("cold pipeline, plain commands", plain, "s", None),
+        figure("ratio snakemake/plain (per pair)", ratios, "x", TARGETS["ratio"]),
+    ]
+    machine["loadavg_end"] = list(os.getloadavg())
+    print()
+    print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
+    print(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
+        f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
+        f"{machine['loadavg_end'][0]:.2f}"
+    )
+    print(table(figures))
+    met = all(f["pass"] is not False for f in figures)
+    print("all targets met" if met else "some targets missed (reported, not enforced)")
+    if args.json:
+        result = {
+            "machine": machine,
+            "settings": {
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "plain_mode": mode,
+                "profile": PROFILE,
+                "template": str(TEMPLATE_DIR),
+            },
+            "plain_commands": [
+                {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
+                for j in the_plan.jobs
+                if j.command
+            ],
+            "shell_prefix": the_plan.prefix,
+            "figures": figures,
+            "pairs": pairs,
+            "all_targets_met": met,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        say(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
