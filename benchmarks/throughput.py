@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import importlib.util
 import json
 import os
 import platform
@@ -52,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import BenchmarkError, base_environment, in_workdir, say  # benchmarks/harness.py
+from harness import BenchmarkError, base_environment, in_workdir, project_helpers, say  # benchmarks/harness.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PARAMS = {
@@ -115,13 +114,6 @@ def write_dataset(path: Path) -> None:
     centres = rng.normal(0, 1, (CLASSES, FEATURES)).astype(np.float32)
     features = (centres[labels] + rng.normal(0, 1, (SAMPLES, FEATURES))).astype(np.float32)
     np.savez(path, features=features, labels=labels.astype(np.int64))
-
-
-def launch_module(project: Path):
-    spec = importlib.util.spec_from_file_location("project_launch", project / "workflow/lib/smkml/launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def container_image(project: Path, args, env) -> tuple[Path | None, str]:
@@ -269,7 +261,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Non
     project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
     env["PYTHONPATH"] = str(project / "src")
     package = project.name.replace("-", "_")
-    launch = launch_module(project)
+    (launch,) = project_helpers(project, "launch")
     data = "data/processed/throughput.npz"
     (project / data).parent.mkdir(parents=True, exist_ok=True)
     write_dataset(project / data)
