@@ -10,10 +10,11 @@ Generates the demo project once (cookiecutter defaults) in a temporary directory
   B. plain run: from the same fresh state, the identical shell commands the rules run, without Snakemake.
 
 The plain commands are not written down here: they come from Snakemake itself (`-n -p --forceall` for the
-command lines, `--d3dag` for the job graph, `--summary` for the outputs). They run through bash with the
-same prefix (the workflow's `shell.prefix`, evaluated with the effective config: PYTHONPATH=src,
-MLFLOW_TRACKING_URI) and the same per-job variables Snakemake sets (OMP_NUM_THREADS and friends = the job's
-threads, TMPDIR). By default independent jobs run concurrently within the profile's core budget, as
+command lines, each job's threads from that same dry run through a logger plugin, benchmarks/plugins/, `--d3dag`
+for the job graph, `--summary` for the outputs). They run through bash with the same prefix (the project's own
+`smkml.jobs.shell_prefix(config)` from workflow/lib/, with config/config.yaml validated by the project's schema:
+strict bash, PYTHONPATH=src, MLFLOW_TRACKING_URI, SMKML_CLUSTER) and the same per-job variables Snakemake sets
+(OMP_NUM_THREADS and friends = the job's threads, TMPDIR). Nothing of the workflow is evaluated here. By default independent jobs run concurrently within the profile's core budget, as
 Snakemake schedules them, so that the ratio measures Snakemake's overhead rather than its parallelism;
 `--sequential` runs one job at a time in DAG order instead.
 
@@ -24,7 +25,6 @@ It reports, it does not judge: missed targets still exit 0. A failing command ex
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -41,13 +41,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
+
+from harness import BenchmarkError, base_environment, in_workdir, project_helpers, say  # benchmarks/harness.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PROFILE = "profiles/local"
 SNAKEMAKE = ["snakemake", "--profile", PROFILE]
+# The Snakemake logger plugin that reports each job's threads (snakemake_logger_plugin_jobinfo).
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 # Everything a pipeline run creates; removing it returns the project to its state right after generation.
 FRESH_PATHS = [
     "results",
@@ -71,14 +74,6 @@ THREAD_VARIABLES = (
 )
 
 
-class BenchmarkError(RuntimeError):
-    """A command failed or the project is not in the state the benchmark expects."""
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -95,18 +90,6 @@ def cpu_count() -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Environment and commands
-
-
-def base_environment() -> dict[str, str]:
-    """The caller's environment, with this interpreter's bin/ first on PATH (a venv's tools resolve) and no
-    MLFLOW_TRACKING_URI, so that every run uses the project's own store (which the reset removes)."""
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    parts = env.get("PATH", "").split(os.pathsep)
-    if parts[:1] != [bindir]:
-        env["PATH"] = os.pathsep.join([bindir, *parts])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def check_output(command: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -139,80 +122,41 @@ def merge(base: dict, override: dict) -> dict:
     return base
 
 
-def workflow_files(project: Path) -> tuple[Path, list[Path]]:
-    for candidate in ("workflow/Snakefile", "Snakefile", "workflow/snakefile", "snakefile"):
-        if (project / candidate).is_file():
-            snakefile = project / candidate
-            break
-    else:
-        raise BenchmarkError(f"no Snakefile in {project}")
-    others = sorted(p for p in snakefile.parent.rglob("*.smk") if p.is_file())
-    return snakefile, [snakefile, *others]
-
-
-def effective_config(project: Path, snakefile: Path, profile: dict) -> dict:
-    """config/config.yaml (the Snakefile's configfile) overlaid with the profile's `config:`."""
-    match = re.search(r"""^configfile:\s*["'](.+?)["']""", snakefile.read_text(), re.M)
-    config = yaml.safe_load((project / (match.group(1) if match else "config/config.yaml")).read_text()) or {}
+def project_config(project: Path, profile: dict) -> dict:
+    """The config the workflow runs with: config/config.yaml (the Snakefile's configfile) overlaid with the
+    profile's config files and `config:` (the local profile has neither), validated by the project's own schema
+    (which fills in the defaults, the default local `cluster` among them)."""
+    config = yaml.safe_load((project / "config/config.yaml").read_text()) or {}
+    configfiles = profile.get("configfile") or profile.get("configfiles") or []
+    for path in [configfiles] if isinstance(configfiles, str) else configfiles:
+        merge(config, yaml.safe_load((project / path).read_text()) or {})
     overrides = profile.get("config") or {}
     if isinstance(overrides, list):  # the `--config KEY=VALUE ...` form
         overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in overrides)}
-    return merge(config, dict(overrides))
+    merge(config, dict(overrides))
+    (schemas,) = project_helpers(project, "schemas")
+    return schemas.validate(config)
 
 
-def call_argument(text: str, opener: str) -> str | None:
-    """The source of the argument in the first `opener(...)` call in text (None if there is none)."""
-    start = text.find(opener)
-    if start < 0:
-        return None
-    start += len(opener)
-    for end in (i for i, ch in enumerate(text) if ch == ")" and i >= start):
-        candidate = text[start:end]
-        try:
-            ast.parse(f"({candidate})", mode="eval")
-        except SyntaxError:
-            continue
-        return f"({candidate.strip()})"
-    raise BenchmarkError(f"could not parse the argument of {opener}...)")
+def shell_prefix(project: Path, config: dict) -> str:
+    """The prefix Snakemake puts before every shell command: the project's own smkml.jobs.shell_prefix(config)."""
+    (jobs,) = project_helpers(project, "jobs")
+    # Snakemake formats the prefix; with no placeholders this only undoubles braces.
+    return string.Formatter().vformat(jobs.shell_prefix(config), (), {"config": config})
 
 
-def shell_prefix(files: list[Path], config: dict) -> str:
-    """The prefix Snakemake puts before every shell command: the workflow's shell.prefix, else its default."""
-    for path in files:
-        source = call_argument(path.read_text(), "shell.prefix(")
-        if source is None:
-            continue
-        try:
-            value = eval(source, {"config": config, "shlex": shlex, "json": json, "os": os})  # noqa: S307
-        except Exception as error:  # noqa: BLE001
-            raise BenchmarkError(f"could not evaluate shell.prefix({source}) in {path}: {error}") from error
-        # Snakemake formats the prefix; with no placeholders this only undoubles braces.
-        return string.Formatter().vformat(value, (), {"config": config})
-    return "set -euo pipefail;"
-
-
-def rule_threads(files: list[Path], config: dict, cores: int, profile: dict) -> dict[str, int]:
-    """threads per rule as Snakemake computes them (the rule's `threads:` capped at the cores); default 1."""
-    threads: dict[str, int] = {}
-    for path in files:
-        text = path.read_text()
-        rules = list(re.finditer(r"^(?:rule|checkpoint)\s+(\w+)\s*:", text, re.M))
-        for i, rule in enumerate(rules):
-            block = text[rule.end() : rules[i + 1].start() if i + 1 < len(rules) else len(text)]
-            block = re.split(r"^\S", block, maxsplit=1, flags=re.M)[0]
-            match = re.search(r"^\s+threads:\s*(.+?)\s*$", block, re.M)
-            if not match:
-                continue
-            try:
-                value = eval(match.group(1), {"config": config, "workflow": SimpleNamespace(cores=cores)})  # noqa: S307
-                threads[rule.group(1)] = int(value)
-            except Exception:  # noqa: BLE001
-                say(f"WARNING: could not evaluate threads of rule {rule.group(1)} ({match.group(1)}); assuming 1")
-    overrides = profile.get("set-threads") or {}
-    if isinstance(overrides, list):
-        overrides = dict(item.split("=", 1) for item in overrides)
-    threads.update({rule: int(n) for rule, n in overrides.items()})
-    return {rule: max(1, min(n, cores)) for rule, n in threads.items()}
+def job_threads(project: Path, env: dict[str, str], command: list[str]) -> tuple[str, dict[int, int]]:
+    """Run a Snakemake command with the jobinfo logger plugin (benchmarks/plugins/); (its output, {jobid: threads
+    as Snakemake gives the job}). Snakemake prints a job's threads only for rules without a `message:`."""
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS_DIR), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="smkml-jobinfo-") as tmp:
+        path = Path(tmp) / "jobs.jsonl"
+        output = check_output([*command, "--logger", "jobinfo", "--logger-jobinfo-path", str(path)], project, env)
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not records:
+        raise BenchmarkError(f"Snakemake reported no jobs to the jobinfo logger ({PLUGINS_DIR})")
+    return output, {int(r["jobid"]): int(r["threads"]) for r in records}
 
 
 @dataclass
@@ -264,15 +208,13 @@ def dry_run_commands(text: str) -> dict[int, str | None]:
 
 def plan(project: Path, env: dict[str, str]) -> Plan:
     """What Snakemake would run, taken from Snakemake itself, plus the environment it gives each job."""
-    profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text()) or {}
+    profile = yaml.safe_load((project / PROFILE / "profile.yaml").read_text()) or {}
     cores_setting = profile.get("cores", "all")
     cores = cpu_count() if cores_setting in ("all", None) else int(cores_setting)
-    snakefile, files = workflow_files(project)
-    config = effective_config(project, snakefile, profile)
 
     dag_text = check_output([*SNAKEMAKE, "--forceall", "--d3dag"], project, env)
     dag = json.loads(dag_text[dag_text.index("{") :])
-    dry = check_output([*SNAKEMAKE, "--forceall", "--dry-run", "--printshellcmds"], project, env)
+    dry, threads = job_threads(project, env, [*SNAKEMAKE, "--forceall", "--dry-run", "--printshellcmds"])
     commands = dry_run_commands(dry)
     summary = check_output([*SNAKEMAKE, "--forceall", "--summary"], project, env).splitlines()
     header = summary[0].split("\t")
@@ -281,7 +223,6 @@ def plan(project: Path, env: dict[str, str]) -> Plan:
         cells = dict(zip(header, row.split("\t")))
         if "rule" in cells and "output_file" in cells:
             outputs.setdefault(cells["rule"], []).append(cells["output_file"])
-    threads = rule_threads(files, config, cores, profile)
 
     jobs = {}
     for node in dag["nodes"]:
@@ -289,7 +230,9 @@ def plan(project: Path, env: dict[str, str]) -> Plan:
         command = commands.get(jobid)
         if command is None and outputs.get(rule):
             raise BenchmarkError(f"job {jobid} (rule {rule}) makes files but has no shell command to run plainly")
-        jobs[jobid] = Job(jobid, rule, command, threads.get(rule, 1), outputs.get(rule, []))
+        if jobid not in threads:
+            raise BenchmarkError(f"Snakemake's dry run gave no threads for job {jobid} (rule {rule})")
+        jobs[jobid] = Job(jobid, rule, command, threads[jobid], outputs.get(rule, []))
     for edge in dag["edges"]:
         jobs[int(edge["v"])].depends.add(int(edge["u"]))
     missing = {j for j, cmd in commands.items() if cmd} - set(jobs)
@@ -303,7 +246,7 @@ def plan(project: Path, env: dict[str, str]) -> Plan:
             raise BenchmarkError("the job graph has a cycle")
         ordered.append(jobs[ready[0]])
         done.add(ready[0])
-    prefix = shell_prefix(files, config)
+    prefix = shell_prefix(project, project_config(project, profile))
     return Plan(ordered, prefix, cores, tempfile.gettempdir())
 
 
@@ -516,104 +459,101 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), Python {machine['python']}, "
         f"{machine['snakemake_path']} {machine['snakemake']}, load {machine['loadavg_start']}"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="smkml-bench-"))
+    return in_workdir(
+        "smkml-bench-",
+        args.keep,
+        lambda workdir: measure(args, env, machine, workdir),
+        " (project and logs under bench-logs/)",
+    )
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], machine: dict, workdir: Path) -> None:
+    """Generate the project in `workdir`, run the warm-up and the pairs, print (and write) the results."""
     logdir = workdir / "bench-logs"
     logdir.mkdir()
-    ok = False
-    try:
-        project = generate(workdir)
-        pristine = snapshot(project)
-        the_plan = plan(project, env)
+    project = generate(workdir)
+    pristine = snapshot(project)
+    the_plan = plan(project, env)
+    reset(project, pristine)
+    mode = "sequential" if args.sequential else f"concurrent within {the_plan.cores} core(s)"
+    say(f"plain run ({mode}), prefix: {the_plan.prefix}")
+    for job in the_plan.jobs:
+        if job.command:
+            say(f"  {job.rule} (threads {job.threads}, after {sorted(job.depends)}): {job.command}")
+
+    for n in range(args.warmup):
+        seconds, _ = run_plain(project, the_plan, env, args.sequential)
+        say(f"warm-up {n + 1}/{args.warmup}: plain run {seconds:.2f} s (not counted)")
         reset(project, pristine)
-        mode = "sequential" if args.sequential else f"concurrent within {the_plan.cores} core(s)"
-        say(f"plain run ({mode}), prefix: {the_plan.prefix}")
-        for job in the_plan.jobs:
-            if job.command:
-                say(f"  {job.rule} (threads {job.threads}, after {sorted(job.depends)}): {job.command}")
 
-        for n in range(args.warmup):
-            seconds, _ = run_plain(project, the_plan, env, args.sequential)
-            say(f"warm-up {n + 1}/{args.warmup}: plain run {seconds:.2f} s (not counted)")
-            reset(project, pristine)
-
-        pipeline, noop, plain, ratios, pairs = [], [], [], [], []
-        for n in range(1, args.repeats + 1):
-            cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
-            noop_log = logdir / f"snakemake-noop-{n}.log"
-            again, output = timed(SNAKEMAKE, project, env, noop_log)
-            if NOTHING_TO_DO not in output:
-                raise BenchmarkError(f"the rerun did something (no '{NOTHING_TO_DO}'):\n{tail(noop_log)}")
-            reset(project, pristine)
-            bare, per_rule = run_plain(project, the_plan, env, args.sequential)
-            reset(project, pristine)
-            pipeline.append(cold)
-            noop.append(again)
-            plain.append(bare)
-            ratios.append(cold / bare)
-            pairs.append(
-                {
-                    "snakemake_s": round(cold, 4),
-                    "noop_s": round(again, 4),
-                    "plain_s": round(bare, 4),
-                    "ratio": round(cold / bare, 4),
-                    "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()},
-                }
-            )
-            say(
-                f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
-                f"plain {bare:.2f} s, ratio {cold / bare:.3f}"
-            )
-
-        figures = [
-            figure("cold pipeline, snakemake", pipeline, "s", TARGETS["pipeline"]),
-            figure("no-op rerun, snakemake", noop, "s", TARGETS["noop"]),
-            figure("cold pipeline, plain commands", plain, "s", None),
-            figure("ratio snakemake/plain (per pair)", ratios, "x", TARGETS["ratio"]),
-        ]
-        machine["loadavg_end"] = list(os.getloadavg())
-        print()
-        print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
-        print(
-            f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
-            f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
-            f"{machine['loadavg_end'][0]:.2f}"
-        )
-        print(table(figures))
-        met = all(f["pass"] is not False for f in figures)
-        print("all targets met" if met else "some targets missed (reported, not enforced)")
-        if args.json:
-            result = {
-                "machine": machine,
-                "settings": {
-                    "repeats": args.repeats,
-                    "warmup": args.warmup,
-                    "plain_mode": mode,
-                    "profile": PROFILE,
-                    "template": str(TEMPLATE_DIR),
-                },
-                "plain_commands": [
-                    {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
-                    for j in the_plan.jobs
-                    if j.command
-                ],
-                "shell_prefix": the_plan.prefix,
-                "figures": figures,
-                "pairs": pairs,
-                "all_targets_met": met,
+    pipeline, noop, plain, ratios, pairs = [], [], [], [], []
+    for n in range(1, args.repeats + 1):
+        cold, _ = timed(SNAKEMAKE, project, env, logdir / f"snakemake-cold-{n}.log")
+        noop_log = logdir / f"snakemake-noop-{n}.log"
+        again, output = timed(SNAKEMAKE, project, env, noop_log)
+        if NOTHING_TO_DO not in output:
+            raise BenchmarkError(f"the rerun did something (no '{NOTHING_TO_DO}'):\n{tail(noop_log)}")
+        reset(project, pristine)
+        bare, per_rule = run_plain(project, the_plan, env, args.sequential)
+        reset(project, pristine)
+        pipeline.append(cold)
+        noop.append(again)
+        plain.append(bare)
+        ratios.append(cold / bare)
+        pairs.append(
+            {
+                "snakemake_s": round(cold, 4),
+                "noop_s": round(again, 4),
+                "plain_s": round(bare, 4),
+                "ratio": round(cold / bare, 4),
+                "plain_jobs_s": {k: round(v, 4) for k, v in per_rule.items()},
             }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-            say(f"wrote {args.json}")
-        ok = True
-        return 0
-    except BenchmarkError as error:
-        print(f"\nERROR: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"kept {workdir} (project and logs under bench-logs/)")
+        )
+        say(
+            f"pair {n}/{args.repeats}: snakemake {cold:.2f} s, no-op {again:.2f} s, "
+            f"plain {bare:.2f} s, ratio {cold / bare:.3f}"
+        )
+
+    figures = [
+        figure("cold pipeline, snakemake", pipeline, "s", TARGETS["pipeline"]),
+        figure("no-op rerun, snakemake", noop, "s", TARGETS["noop"]),
+        figure("cold pipeline, plain commands", plain, "s", None),
+        figure("ratio snakemake/plain (per pair)", ratios, "x", TARGETS["ratio"]),
+    ]
+    machine["loadavg_end"] = list(os.getloadavg())
+    print()
+    print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
+    print(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
+        f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
+        f"{machine['loadavg_end'][0]:.2f}"
+    )
+    print(table(figures))
+    met = all(f["pass"] is not False for f in figures)
+    print("all targets met" if met else "some targets missed (reported, not enforced)")
+    if args.json:
+        result = {
+            "machine": machine,
+            "settings": {
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "plain_mode": mode,
+                "profile": PROFILE,
+                "template": str(TEMPLATE_DIR),
+            },
+            "plain_commands": [
+                {"rule": j.rule, "threads": j.threads, "depends": sorted(j.depends), "command": j.command}
+                for j in the_plan.jobs
+                if j.command
+            ],
+            "shell_prefix": the_plan.prefix,
+            "figures": figures,
+            "pairs": pairs,
+            "all_targets_met": met,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        say(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

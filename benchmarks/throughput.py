@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import importlib.util
 import json
 import os
 import platform
@@ -47,13 +46,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import BenchmarkError, base_environment, say  # the same suite: benchmarks/pipeline.py
+from harness import BenchmarkError, base_environment, in_workdir, project_helpers, say  # benchmarks/harness.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PARAMS = {
@@ -116,13 +114,6 @@ def write_dataset(path: Path) -> None:
     centres = rng.normal(0, 1, (CLASSES, FEATURES)).astype(np.float32)
     features = (centres[labels] + rng.normal(0, 1, (SAMPLES, FEATURES))).astype(np.float32)
     np.savez(path, features=features, labels=labels.astype(np.int64))
-
-
-def launch_module(project: Path):
-    spec = importlib.util.spec_from_file_location("project_launch", project / "workflow/lib/smkml/launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def container_image(project: Path, args, env) -> tuple[Path | None, str]:
@@ -258,96 +249,87 @@ def main(argv: list[str] | None = None) -> int:
     if args.horovod_cycle_time <= 0:
         parser.error(f"--horovod-cycle-time must be a positive number of milliseconds, not {args.horovod_cycle_time}")
 
+    env = environment()
+    return in_workdir("smkml-throughput-", args.keep, lambda workdir: measure(args, env, workdir))
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> None:
+    """Generate the project in `workdir`, run every case `args.repeats` times, print (and write) the results."""
     from cookiecutter.main import cookiecutter
 
-    env = environment()
-    workdir = Path(tempfile.mkdtemp(prefix="smkml-throughput-"))
-    ok = False
-    try:
-        say(f"{len(os.sched_getaffinity(0))} CPU(s), load average {os.getloadavg()[0]:.2f}; generating in {workdir}")
-        project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
-        env["PYTHONPATH"] = str(project / "src")
-        package = project.name.replace("-", "_")
-        launch = launch_module(project)
-        data = "data/processed/throughput.npz"
-        (project / data).parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(project / data)
-        image, why = container_image(project, args, env)
-        cases = cases_for(args.horovod_cycle_time) + ([CONTAINER_CASE] if image else [])
-        if not image:
-            say(f"container line skipped: {why}")
-        commands = {}
-        for case in cases:
-            commands[case.name] = command_for(
-                case, project, launch, package, data, "bench-out/<run>", image, args.strong
-            )
-            say(f"{case.name}: {commands[case.name]}")
-
-        throughput: dict[str, list[float]] = {case.name: [] for case in cases}
-        for repeat in range(args.repeats):
-            order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
-            for case in order:
-                out = f"bench-out/{repeat}-{case.name.replace(' ', '_').replace(',', '')}"
-                command = command_for(case, project, launch, package, data, out, image, args.strong)
-                throughput[case.name].append(run_case(command, project, env, project / out))
-            say(
-                f"repeat {repeat + 1}/{args.repeats}: "
-                + ", ".join(f"{name} {values[-1]:.0f}" for name, values in throughput.items())
-                + f" samples/s (load {os.getloadavg()[0]:.2f})"
-            )
-
-        def ratios(a: str, b: str) -> list[float]:
-            return [x / y for x, y in zip(throughput[a], throughput[b])]
-
-        rows = [summary(f"{name}", values, "samples/s") for name, values in throughput.items()]
-        for backend, suffix in (("horovod", ""), ("horovod", tuned(args.horovod_cycle_time)), ("torch_ddp", "")):
-            values = ratios(f"{backend} 2 ranks{suffix}", f"{backend} 1 rank{suffix}")
-            met = statistics.median(values) >= TARGETS["scaling"]
-            rows.append(summary(f"{backend}{suffix}: 2 ranks / 1 rank", values, "x", f">= {TARGETS['scaling']}", met))
-        rows.append(summary("torch_ddp: 2 ranks / 1 rank with 2 threads", ratios("torch_ddp 2 ranks", "torch_ddp 1 rank, 2 threads"), "x"))
-        if image:
-            values = ratios("torch_ddp 2 ranks, container", "torch_ddp 2 ranks")
-            floor = 1 - TARGETS["container_overhead"]
-            rows.append(summary("container / no container (2-rank DDP)", values, "x", f">= {floor:.2f}", statistics.median(values) >= floor))
-        print()
-        batches = f"global batch {GLOBAL_BATCH}" if args.strong else f"batch {LOCAL_BATCH} per rank"
-        print(
-            f"Training throughput ({batches}), {args.repeats} repeat(s); "
-            f"load average at the end {os.getloadavg()[0]:.2f}"
+    say(f"{len(os.sched_getaffinity(0))} CPU(s), load average {os.getloadavg()[0]:.2f}; generating in {workdir}")
+    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
+    env["PYTHONPATH"] = str(project / "src")
+    package = project.name.replace("-", "_")
+    (launch,) = project_helpers(project, "launch")
+    data = "data/processed/throughput.npz"
+    (project / data).parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(project / data)
+    image, why = container_image(project, args, env)
+    cases = cases_for(args.horovod_cycle_time) + ([CONTAINER_CASE] if image else [])
+    if not image:
+        say(f"container line skipped: {why}")
+    commands = {}
+    for case in cases:
+        commands[case.name] = command_for(
+            case, project, launch, package, data, "bench-out/<run>", image, args.strong
         )
-        print(table(rows))
-        if not image:
-            print(f"container / no container: skipped ({why})")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-                        "params": PARAMS,
-                        "batch": {"global": GLOBAL_BATCH} if args.strong else {"per_rank": LOCAL_BATCH},
-                        "horovod_cycle_time_ms_tuned": args.horovod_cycle_time,
-                        "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},
-                        "commands": commands,
-                        "figures": rows,
-                        "container": str(image) if image else f"skipped: {why}",
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-            say(f"wrote {args.json}")
-        ok = True
-        return 0
-    except BenchmarkError as error:
-        print(f"\nERROR: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"kept {workdir}")
+        say(f"{case.name}: {commands[case.name]}")
 
+    throughput: dict[str, list[float]] = {case.name: [] for case in cases}
+    for repeat in range(args.repeats):
+        order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
+        for case in order:
+            out = f"bench-out/{repeat}-{case.name.replace(' ', '_').replace(',', '')}"
+            command = command_for(case, project, launch, package, data, out, image, args.strong)
+            throughput[case.name].append(run_case(command, project, env, project / out))
+        say(
+            f"repeat {repeat + 1}/{args.repeats}: "
+            + ", ".join(f"{name} {values[-1]:.0f}" for name, values in throughput.items())
+            + f" samples/s (load {os.getloadavg()[0]:.2f})"
+        )
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x / y for x, y in zip(throughput[a], throughput[b])]
+
+    rows = [summary(f"{name}", values, "samples/s") for name, values in throughput.items()]
+    for backend, suffix in (("horovod", ""), ("horovod", tuned(args.horovod_cycle_time)), ("torch_ddp", "")):
+        values = ratios(f"{backend} 2 ranks{suffix}", f"{backend} 1 rank{suffix}")
+        met = statistics.median(values) >= TARGETS["scaling"]
+        rows.append(summary(f"{backend}{suffix}: 2 ranks / 1 rank", values, "x", f">= {TARGETS['scaling']}", met))
+    rows.append(summary("torch_ddp: 2 ranks / 1 rank with 2 threads", ratios("torch_ddp 2 ranks", "torch_ddp 1 rank, 2 threads"), "x"))
+    if image:
+        values = ratios("torch_ddp 2 ranks, container", "torch_ddp 2 ranks")
+        floor = 1 - TARGETS["container_overhead"]
+        rows.append(summary("container / no container (2-rank DDP)", values, "x", f">= {floor:.2f}", statistics.median(values) >= floor))
+    print()
+    batches = f"global batch {GLOBAL_BATCH}" if args.strong else f"batch {LOCAL_BATCH} per rank"
+    print(
+        f"Training throughput ({batches}), {args.repeats} repeat(s); "
+        f"load average at the end {os.getloadavg()[0]:.2f}"
+    )
+    print(table(rows))
+    if not image:
+        print(f"container / no container: skipped ({why})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+                    "params": PARAMS,
+                    "batch": {"global": GLOBAL_BATCH} if args.strong else {"per_rank": LOCAL_BATCH},
+                    "horovod_cycle_time_ms_tuned": args.horovod_cycle_time,
+                    "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},
+                    "commands": commands,
+                    "figures": rows,
+                    "container": str(image) if image else f"skipped: {why}",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        say(f"wrote {args.json}")
 
 if __name__ == "__main__":
     sys.exit(main())
