@@ -56,9 +56,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-for tool in ch-run mmdebstrap tar sha256sum; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required (Debian: apt-get install charliecloud-runtime mmdebstrap)"
-done
 command -v "$python" >/dev/null 2>&1 || die "python interpreter '$python' not found"
 export USER="${USER:-$(id -un)}" # ch-run refuses to start without it
 
@@ -77,6 +74,10 @@ schema = yaml.safe_load(open(sys.argv[1]))
 print(" ".join(schema["properties"]["train"]["properties"]["backend"]["enum"]))' \
   "$project/workflow/schemas/config.schema.yaml") || die "cannot read the backends from $project/workflow/schemas"
 case " $backends " in *" $backend "*) ;; *) die "--backend '$backend' is not one of: ${backends// /, }" ;; esac
+# The arguments are good: now the tools.
+for tool in ch-run mmdebstrap tar sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required (Debian: apt-get install charliecloud-runtime mmdebstrap)"
+done
 py_tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 [ "$py_tag" = cp311 ] || die "host python '$python' is $py_tag; the image's Python (Debian $SUITE) is cp311: pass --python"
 
