@@ -2,7 +2,9 @@
 
 import hashlib
 
-from {{ cookiecutter.package_name }} import provenance
+import pytest
+
+from {{ cookiecutter.package_name }} import provenance, reproduce, tracking, train
 
 
 def test_collect_records_git_data_and_lockfile(project_dir):
@@ -37,3 +39,10 @@ def test_slurm_job_tag_only_inside_slurm(monkeypatch):
     assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242"}
     monkeypatch.setenv("SLURM_CLUSTER_NAME", "lumi")
     assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242", "slurm.cluster": "lumi"}
+
+
+@pytest.mark.parametrize("module", [provenance, tracking, reproduce, train])
+def test_usage_names_the_module_as_it_is_run(module, capsys):
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module.__name__} ")

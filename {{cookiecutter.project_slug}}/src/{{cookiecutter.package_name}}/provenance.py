@@ -193,7 +193,7 @@ def to_html(prov: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m provenance", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.provenance", description=__doc__)
     parser.add_argument("--config", required=True, help="the workflow config as JSON")
     parser.add_argument("--profile", help="name of the Snakemake profile (default: config `profile`)")
     parser.add_argument("--out-json", required=True)

@@ -127,7 +127,7 @@ def register(run_file: str | Path, name: str, metrics: dict, provenance_tags: di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tracking", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.tracking", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start", help="create the pipeline's MLflow run")
     start_cmd.add_argument("--out", required=True, help="where to write the run id file")

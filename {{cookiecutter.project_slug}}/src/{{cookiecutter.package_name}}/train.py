@@ -32,7 +32,7 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.train", description=__doc__)
     parser.add_argument("--backend", choices=backends.BACKENDS, required=True)
     parser.add_argument("--train", required=True, help="processed training split (.npz)")
     parser.add_argument("--out-dir", required=True, help="where model.pt and history.json go")
