@@ -11,12 +11,16 @@ from smkml import resources as vocabulary
 from smkml.launch import training_command
 
 # Jobs run in the project directory (braces doubled: Snakemake formats the prefix); an MLFLOW_TRACKING_URI set by the user wins over the config.
+# SMKML_CLUSTER: where the pipeline runs (the profile's name, config `profile`), recorded in the provenance.
 shell.prefix(
     "set -euo pipefail; "
     'export PYTHONPATH="$PWD/src${{PYTHONPATH:+:$PYTHONPATH}}"; '
     "export MLFLOW_TRACKING_URI=${{MLFLOW_TRACKING_URI:-"
     + shlex.quote(config["tracking"]["uri"])
     + "}}; "
+    + "export SMKML_CLUSTER="
+    + shlex.quote(str(config.get("profile", "")))
+    + "; "
 )
 
 RAW_DATA = config["data"]["raw"]

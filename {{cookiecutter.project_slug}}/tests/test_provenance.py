@@ -7,8 +7,9 @@ import pytest
 from {{ cookiecutter.package_name }} import provenance, reproduce, tracking, train
 
 
-def test_collect_records_git_data_and_lockfile(project_dir):
-    prov = provenance.collect(project_dir, config={"profile": "local"})
+def test_collect_records_git_data_and_lockfile(project_dir, monkeypatch):
+    monkeypatch.setenv("SMKML_CLUSTER", "local")  # the workflow exports the profile's name to every job
+    prov = provenance.collect(project_dir, config={"train": {"processes": 2}})
     lock = project_dir / "requirements.lock"
     assert prov["lockfile"]["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert "data/raw/digits.csv" in prov["data"]
@@ -29,6 +30,14 @@ def test_image_digest_of_a_file_and_a_directory_image(tmp_path):
     (tmp_path / "img/etc/smkml-image.json").write_text("{}")
     assert provenance.image_digest(str(tmp_path / "img")).startswith("sha256:" + hashlib.sha256(b"{}").hexdigest())
     assert provenance.image_digest(str(tmp_path / "nope")).startswith("missing image")
+
+
+def test_where_the_pipeline_ran_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("SMKML_CLUSTER", raising=False)
+    assert provenance.where() == "none"
+    assert provenance.collect(tmp_path, config={"profile": "lumi"})["profile"] == "none"  # not from the config
+    monkeypatch.setenv("SMKML_CLUSTER", "lumi")
+    assert provenance.where() == "lumi"
 
 
 def test_slurm_job_tag_only_inside_slurm(monkeypatch):

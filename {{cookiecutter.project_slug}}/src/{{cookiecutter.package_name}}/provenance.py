@@ -2,9 +2,9 @@
 
 `collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files and as
 found on disk), the lockfile hash, the container image digest (when training ran in a container), the Slurm job
-ids of the steps (when on Slurm), the Snakemake version, the profile and the config. The pipeline's last steps
-write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the MLflow run
-(`python -m {{ cookiecutter.package_name }}.provenance`).
+ids of the steps (when on Slurm), the Snakemake version, where the pipeline ran (`where()`) and the config. The
+pipeline's last steps write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the
+MLflow run (`python -m {{ cookiecutter.package_name }}.provenance`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 LOCKFILE = "requirements.lock"
+IMAGE_METADATA = "etc/smkml-image.json"  # what a directory image records about its build (containers/)
 SLURM_TAG = "slurm.job_id."
 
 
@@ -79,16 +80,15 @@ def image_digest(image: str | None) -> str | None:
     if path.is_file():
         return "sha256:" + sha256_file(path)
     if path.is_dir():
-        for name in ("etc/smkml-image.json", "etc/image.json"):
-            if (path / name).is_file():
-                return "sha256:" + sha256_file(path / name) + f" ({name} of directory image)"
+        if (path / IMAGE_METADATA).is_file():
+            return "sha256:" + sha256_file(path / IMAGE_METADATA) + f" ({IMAGE_METADATA} of directory image)"
         return f"directory image {path} (no build metadata found)"
     return f"missing image {path}"
 
 
 def image_metadata(image: str | None) -> dict | None:
     """The build inputs a directory image recorded about itself (lock hash, base image, template version)."""
-    path = Path(image) / "etc/smkml-image.json" if image else None
+    path = Path(image) / IMAGE_METADATA if image else None
     if path is None or not path.is_file():
         return None
     try:
@@ -101,7 +101,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def collect(root: str | Path = ".", *, config: dict | None = None, profile: str | None = None) -> dict:
+def where() -> str:
+    """Where the pipeline runs: the cluster profile's name (local, lumi, slurm, kubernetes), which the workflow
+    exports to every job as SMKML_CLUSTER; "none" outside the workflow."""
+    return os.environ.get("SMKML_CLUSTER") or "none"
+
+
+def collect(root: str | Path = ".", *, config: dict | None = None) -> dict:
     root = Path(root).resolve()
     config = config or {}
     container = config.get("container") or {}
@@ -119,7 +125,7 @@ def collect(root: str | Path = ".", *, config: dict | None = None, profile: str 
         },
         "slurm": {"job_ids": {}, "cluster": os.environ.get("SLURM_CLUSTER_NAME")},
         "snakemake_version": _version("snakemake"),
-        "profile": profile or config.get("profile") or "none",
+        "profile": where(),
         "config_sha256": config_hash(config),
         "config": config,
     }
@@ -195,13 +201,12 @@ def to_html(prov: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.provenance", description=__doc__)
     parser.add_argument("--config", required=True, help="the workflow config as JSON")
-    parser.add_argument("--profile", help="name of the Snakemake profile (default: config `profile`)")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-html", required=True)
     parser.add_argument("--run-file", help="the pipeline's MLflow run: read the steps' Slurm job ids, write tags")
     args = parser.parse_args(argv)
 
-    prov = collect(".", config=json.loads(args.config), profile=args.profile)
+    prov = collect(".", config=json.loads(args.config))
     if args.run_file:
         import mlflow
 

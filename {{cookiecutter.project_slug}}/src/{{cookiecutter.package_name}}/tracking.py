@@ -34,7 +34,7 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start(run_file: str | Path, experiment: str, params: dict, run_name: str | None = None) -> str:
+def start(run_file: str | Path, experiment: str, params: dict) -> str:
     """Create the pipeline's run; under `mlflow run` (MLFLOW_RUN_ID set) adopt the run MLflow made."""
     import mlflow
 
@@ -42,7 +42,7 @@ def start(run_file: str | Path, experiment: str, params: dict, run_name: str | N
 
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run() as run:
         mlflow.log_params(flatten(params))
         mlflow.set_tags(provenance.to_tags(provenance.collect(".", config=params)))
         mlflow.set_tags(provenance.slurm_job_tag("tracking"))
@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     start_cmd.add_argument("--out", required=True, help="where to write the run id file")
     start_cmd.add_argument("--experiment", required=True)
     start_cmd.add_argument("--params", default="{}", help="JSON object logged as params")
-    start_cmd.add_argument("--run-name")
     register_cmd = sub.add_parser("register", help="register the run's model in the MLflow model registry")
     register_cmd.add_argument("--run-file", required=True)
     register_cmd.add_argument("--name", required=True, help="registered model name")
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
     if args.command == "start":
-        run_id = start(args.out, args.experiment, json.loads(args.params), args.run_name)
+        run_id = start(args.out, args.experiment, json.loads(args.params))
         print(f"MLflow run {run_id} in experiment '{args.experiment}'")
         return
     from . import provenance
