@@ -18,9 +18,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from . import pipeline_run
+
 LOCKFILE = "requirements.lock"
 IMAGE_METADATA = "etc/smkml-image.json"  # what a directory image records about its build (containers/)
-SLURM_TAG = "slurm.job_id."
 
 
 def file_digest(path: str | Path, algorithm: str) -> str:
@@ -138,15 +139,6 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def slurm_job_tag(step: str) -> dict[str, str]:
-    """The tag a step sets on the pipeline's run when it runs inside a Slurm job."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return {}
-    cluster = os.environ.get("SLURM_CLUSTER_NAME")
-    return {f"{SLURM_TAG}{step}": job, **({"slurm.cluster": cluster} if cluster else {})}
-
-
 def to_tags(prov: dict) -> dict[str, str]:
     """Flat MLflow tags (strings; MLflow caps tag values, so the config goes in as a hash plus an artifact)."""
     tags = {
@@ -166,7 +158,7 @@ def to_tags(prov: dict) -> dict[str, str]:
     if prov["slurm"]["cluster"]:
         tags["slurm.cluster"] = prov["slurm"]["cluster"]
     for step, job in prov["slurm"]["job_ids"].items():
-        tags[f"{SLURM_TAG}{step}"] = job
+        tags[f"{pipeline_run.SLURM_TAG}{step}"] = job
     return tags
 
 
@@ -198,6 +190,23 @@ def to_html(prov: dict) -> str:
     )
 
 
+def record_on_run(run_file: str | Path, prov: dict) -> None:
+    """Complete `prov` from the pipeline's MLflow run (the Slurm job ids its steps recorded there, the run id) and
+    put it on the run: as tags and as the artifact provenance.json."""
+    import mlflow
+
+    tag = pipeline_run.SLURM_TAG
+    with pipeline_run.resume(run_file, step="provenance") as run:
+        recorded = mlflow.get_run(run.info.run_id).data.tags
+        prov["slurm"]["job_ids"].update(
+            {key[len(tag):]: value for key, value in recorded.items() if key.startswith(tag)}
+        )
+        prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
+        prov["mlflow_run_id"] = run.info.run_id
+        mlflow.set_tags(to_tags(prov))
+        mlflow.log_dict(prov, "provenance.json")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.provenance", description=__doc__)
     parser.add_argument("--config", required=True, help="the workflow config as JSON")
@@ -208,19 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 
     prov = collect(".", config=json.loads(args.config))
     if args.run_file:
-        import mlflow
-
-        from . import tracking
-
-        with tracking.resume(args.run_file, step="provenance") as run:
-            recorded = mlflow.get_run(run.info.run_id).data.tags
-            prov["slurm"]["job_ids"].update(
-                {key[len(SLURM_TAG):]: value for key, value in recorded.items() if key.startswith(SLURM_TAG)}
-            )
-            prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
-            prov["mlflow_run_id"] = run.info.run_id
-            mlflow.set_tags(to_tags(prov))
-            mlflow.log_dict(prov, "provenance.json")
+        record_on_run(args.run_file, prov)
     for path in (args.out_json, args.out_html):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
