@@ -45,8 +45,8 @@ rule train_model:
                 # Not a declared output: Snakemake deletes those when a job fails, and a rerun resumes from here.
                 "--checkpoint-dir",
                 "results/checkpoints/train_model",
-                "--checkpoint-every",
-                str(config["train"].get("checkpoint_every", 100)),
+                "--checkpoint-every",  # the schema fills in its default when the config has none
+                str(config["train"]["checkpoint_every"]),
             ],
         ),
     message:

@@ -32,3 +32,14 @@ def test_bad_values_are_named(config, schema, section, key, value, message):
     config[section][key] = value
     with pytest.raises(WorkflowError, match=message):
         validate(config, schema)
+
+
+def test_validated_config_gives_training_everything_it_takes(config, schema):
+    """The optional training keys get the schema's defaults, so the workflow always passes complete values."""
+    from {{ cookiecutter.package_name }} import train
+
+    del config["train"]["hyperparameters"]["dropout"]
+    del config["train"]["checkpoint_every"]
+    validate(config, schema)
+    assert isinstance(config["train"]["checkpoint_every"], int)
+    assert train.HyperParameters.from_mapping(config["train"]["hyperparameters"]).dropout == 0.0

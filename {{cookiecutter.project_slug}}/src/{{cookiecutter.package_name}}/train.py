@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,38 @@ from torch import nn
 
 from . import backends, checkpoints, data, model as model_lib, tracking
 
-DEFAULTS = {
-    "epochs": 30,
-    "batch_size": 64,
-    "learning_rate": 0.001,
-    "hidden_sizes": [128, 64],
-    "dropout": 0.0,
-    "seed": 42,
-}
+
+@dataclass(frozen=True)
+class HyperParameters:
+    """What training takes: config `train.hyperparameters`, complete (the workflow passes all of it as --params).
+
+    No defaults here: config/config.yaml and its schema hold the values. The values are kept as given (an integer
+    dropout stays an integer), so history.json and the checkpoint fingerprint record exactly the config's values.
+    """
+
+    epochs: int
+    batch_size: int  # global: split evenly across the ranks
+    learning_rate: float
+    hidden_sizes: tuple[int, ...]
+    dropout: float
+    seed: int
+
+    @classmethod
+    def from_mapping(cls, values: Mapping) -> HyperParameters:
+        """Every field, nothing else; a missing or unknown key stops with one message naming them."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        missing = [name for name in allowed if name not in values]
+        problems = ([f"unknown training parameter(s) {unknown}"] if unknown else []) + (
+            [f"missing training parameter(s) {missing}"] if missing else []
+        )
+        if problems:
+            raise SystemExit(f"{'; '.join(problems)} (allowed: {sorted(allowed)})")
+        return cls(**{**values, "hidden_sizes": tuple(values["hidden_sizes"])})
+
+    def to_dict(self) -> dict:
+        """As JSON has it (hidden_sizes a list): for history.json and the checkpoint fingerprint."""
+        return {**asdict(self), "hidden_sizes": list(self.hidden_sizes)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=backends.BACKENDS, required=True)
     parser.add_argument("--train", required=True, help="processed training split (.npz)")
     parser.add_argument("--out-dir", required=True, help="where model.pt and history.json go")
-    parser.add_argument("--params", default="{}", help="JSON object of training hyper-parameters")
+    parser.add_argument(
+        "--params", required=True, help="JSON object of all training hyper-parameters (config train.hyperparameters)"
+    )
     parser.add_argument("--run-file", help="MLflow run id file of the pipeline (rank 0 logs there)")
     parser.add_argument(
         "--checkpoint-dir",
@@ -44,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(must not be a declared Snakemake output; removed when training finishes)",
     )
     parser.add_argument(
-        "--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints (0: none)"
+        "--checkpoint-every",
+        type=int,
+        help="optimizer steps between checkpoints (0: none; config train.checkpoint_every); "
+        "required with --checkpoint-dir",
     )
     parser.add_argument(
         "--threads", type=int, help="torch threads per rank (default: the CPUs this process may use / local ranks)"
@@ -56,19 +86,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto (default): a GPU per rank when torch sees one, else the CPU; gpu: fail without one; cpu",
     )
     args = parser.parse_args(argv)
-    if args.checkpoint_every < 0:
+    if args.checkpoint_dir and args.checkpoint_every is None:
+        parser.error("--checkpoint-dir needs --checkpoint-every (steps between checkpoints; 0: none)")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
         parser.error("--checkpoint-every must be >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     return args
 
 
-def hyper_parameters(raw: str) -> dict:
-    params = {**DEFAULTS, **json.loads(raw)}
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise SystemExit(f"unknown training parameter(s) {unknown} (allowed: {sorted(DEFAULTS)})")
-    return params
+def hyper_parameters(raw: str) -> HyperParameters:
+    """--params: a JSON object with every hyper-parameter."""
+    values = json.loads(raw)
+    if not isinstance(values, dict):
+        raise SystemExit(f"--params must be a JSON object of training parameters, not {raw!r}")
+    return HyperParameters.from_mapping(values)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -89,7 +121,7 @@ class Checkpointing:
     """Where and how often to checkpoint (every `every` optimizer steps; 0: never, but still resume)."""
 
     directory: Path
-    every: int = 100
+    every: int
     # Set by the SIGTERM handler (a scheduler's time limit, `scancel`): the ranks agree every `poll` steps,
     # then write a checkpoint at the same step and stop (Stopped), so the rerun loses no work.
     stop_requested: bool = False
@@ -122,7 +154,7 @@ def train(
     backend: backends.Backend,
     features: np.ndarray,
     labels: np.ndarray,
-    params: dict,
+    params: HyperParameters,
     checkpointing: Checkpointing | None = None,
 ):
     """Train and return (model, spec, history, outcome). History holds rank-averaged loss/accuracy per epoch.
@@ -132,31 +164,31 @@ def train(
     rank 0 reads it and broadcasts it, so every rank resumes from the same state and the resumed run takes the
     same steps with the same numbers as an uninterrupted one.
     """
-    seed_everything(params["seed"], backend.device)
-    global_batch = params["batch_size"]
+    seed_everything(params.seed, backend.device)
+    global_batch = params.batch_size
     if global_batch % backend.size:
         raise SystemExit(f"batch_size {global_batch} is not divisible by the {backend.size} ranks")
     local_batch = global_batch // backend.size
     steps = len(labels) // global_batch
     if steps == 0:
         raise SystemExit(f"batch_size {global_batch} is larger than the {len(labels)} training samples")
-    total = steps * params["epochs"]
+    total = steps * params.epochs
 
     spec = {
         "n_features": int(features.shape[1]),
         "n_classes": int(labels.max()) + 1,
-        "hidden_sizes": list(params["hidden_sizes"]),
-        "dropout": float(params["dropout"]),
+        "hidden_sizes": list(params.hidden_sizes),
+        "dropout": float(params.dropout),
     }
     net = model_lib.make_model(**spec).to(backend.device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=params["learning_rate"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     outcome = Outcome(total_steps=total)
     history: list[dict] = []
     partial = [0.0, 0, 0]  # this rank's loss sum, correct predictions and samples in the current epoch
     state = None
     if checkpointing is not None:
         identity = checkpoints.fingerprint(
-            backend.name, backend.size, params, spec, checkpoints.data_digest(features, labels)
+            backend.name, backend.size, params.to_dict(), spec, checkpoints.data_digest(features, labels)
         )
         state, warning = checkpoints.load(checkpointing.directory, identity) if backend.is_root else (None, None)
         state = backend.broadcast_object(state)
@@ -211,9 +243,9 @@ def train(
 
     start = outcome.resumed_from_step
     timed_samples, timed_seconds = 0, 0.0
-    for epoch in range(start // steps, params["epochs"]):
+    for epoch in range(start // steps, params.epochs):
         first = start - epoch * steps if epoch == start // steps else 0
-        order = np.random.default_rng(params["seed"] + epoch).permutation(len(labels))
+        order = np.random.default_rng(params.seed + epoch).permutation(len(labels))
         net.train()
         loss_sum, correct, seen = partial if first else (0.0, 0, 0)
         epoch_started = time.perf_counter()
@@ -243,7 +275,7 @@ def train(
         history.append(record)
         if backend.is_root:
             print(
-                f"epoch {record['epoch']:3d}/{params['epochs']}  loss {record['loss']:.4f}  "
+                f"epoch {record['epoch']:3d}/{params.epochs}  loss {record['loss']:.4f}  "
                 f"train accuracy {record['accuracy']:.4f}",
                 flush=True,
             )
@@ -305,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     if backend.is_root:
         print(
             f"training with {backend.name} on {backend.size} rank(s), global batch "
-            f"{params['batch_size']}, {params['epochs']} epochs, {len(labels)} samples, "
+            f"{params.batch_size}, {params.epochs} epochs, {len(labels)} samples, "
             f"on {describe(backend.device)}, {torch.get_num_threads()} thread(s) per rank",
             flush=True,
         )
@@ -334,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = {
             "backend": backend.name,
             "world_size": backend.size,
-            "params": params,
+            "params": params.to_dict(),
             "seconds": seconds,
             "threads_per_rank": torch.get_num_threads(),
             "device": describe(backend.device),
