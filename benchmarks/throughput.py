@@ -56,13 +56,8 @@ import numpy as np
 from pipeline import BenchmarkError, base_environment, say  # the same suite: benchmarks/pipeline.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
-PARAMS = {
-    "epochs": 4,
-    "learning_rate": 0.001,
-    "hidden_sizes": [1024, 1024],
-    "dropout": 0.0,
-    "seed": 42,
-}
+# Over the generated project's config/config.yaml `train.hyperparameters` (batch_size: per case, batch_size()).
+OVERRIDES = {"epochs": 4, "hidden_sizes": [1024, 1024]}
 LOCAL_BATCH = 4096  # samples per rank and step (weak scaling); --strong: GLOBAL_BATCH whatever the ranks
 GLOBAL_BATCH = 2048
 SAMPLES, FEATURES, CLASSES = 65536, 64, 10
@@ -118,6 +113,14 @@ def write_dataset(path: Path) -> None:
     np.savez(path, features=features, labels=labels.astype(np.int64))
 
 
+def hyperparameters(project: Path) -> dict:
+    """The generated project's training hyper-parameters (all of them: training takes no partial set) with OVERRIDES."""
+    import yaml
+
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    return {**config["train"]["hyperparameters"], **OVERRIDES}
+
+
 def launch_module(project: Path):
     spec = importlib.util.spec_from_file_location("project_launch", project / "workflow/lib/smkml/launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -160,10 +163,19 @@ def batch_size(ranks: int, strong: bool) -> int:
 
 
 def command_for(
-    case: Case, project: Path, launch, package: str, data: str, out: str, image: Path | None, strong: bool = False
+    case: Case,
+    project: Path,
+    launch,
+    package: str,
+    data: str,
+    out: str,
+    image: Path | None,
+    params: dict,
+    strong: bool = False,
 ) -> str:
-    """The case's command, run in the project directory; `data` and `out` are relative to it."""
-    params = {**PARAMS, "batch_size": batch_size(case.ranks, strong)}
+    """The case's command, run in the project directory; `data` and `out` are relative to it; `params`: every
+    hyper-parameter but the batch size, which follows from the case."""
+    params = {**params, "batch_size": batch_size(case.ranks, strong)}
     args = ["--train", data, "--out-dir", out, "--params", json.dumps(params), "--threads", str(case.threads)]
     command = launch.training_command(
         launcher="local", backend=case.backend, processes=case.ranks, package=package, args=args
@@ -269,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = str(project / "src")
         package = project.name.replace("-", "_")
         launch = launch_module(project)
+        params = hyperparameters(project)
         data = "data/processed/throughput.npz"
         (project / data).parent.mkdir(parents=True, exist_ok=True)
         write_dataset(project / data)
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {}
         for case in cases:
             commands[case.name] = command_for(
-                case, project, launch, package, data, "bench-out/<run>", image, args.strong
+                case, project, launch, package, data, "bench-out/<run>", image, params, args.strong
             )
             say(f"{case.name}: {commands[case.name]}")
 
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
             for case in order:
                 out = f"bench-out/{repeat}-{case.name.replace(' ', '_').replace(',', '')}"
-                command = command_for(case, project, launch, package, data, out, image, args.strong)
+                command = command_for(case, project, launch, package, data, out, image, params, args.strong)
                 throughput[case.name].append(run_case(command, project, env, project / out))
             say(
                 f"repeat {repeat + 1}/{args.repeats}: "
@@ -324,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps(
                     {
                         "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-                        "params": PARAMS,
+                        "params": {key: value for key, value in params.items() if key != "batch_size"},
                         "batch": {"global": GLOBAL_BATCH} if args.strong else {"per_rank": LOCAL_BATCH},
                         "horovod_cycle_time_ms_tuned": args.horovod_cycle_time,
                         "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},
