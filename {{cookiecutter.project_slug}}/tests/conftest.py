@@ -13,5 +13,10 @@ def project_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def hyperparameters(project_dir) -> dict:
-    """The project's training hyper-parameters (config/config.yaml `train.hyperparameters`), complete."""
-    return yaml.safe_load((project_dir / "config/config.yaml").read_text())["train"]["hyperparameters"]
+    """The training hyper-parameters the workflow passes: config/config.yaml `train.hyperparameters`, validated
+    against the schema (which fills in the optional ones), so complete."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((project_dir / "config/config.yaml").read_text())
+    validate(config, str(project_dir / "config/schemas/config.schema.yaml"))
+    return config["train"]["hyperparameters"]

@@ -86,7 +86,7 @@ def test_missing_hyperparameters_are_named(hyperparameters):
         train.hyper_parameters(json.dumps({**partial, "momentum": 0.9}))
 
 
-def test_the_config_passes_every_hyperparameter(hyperparameters):
+def test_the_workflow_passes_every_hyperparameter(hyperparameters):
     params = train.hyper_parameters(json.dumps(hyperparameters))
     assert params.to_dict() == hyperparameters
 
