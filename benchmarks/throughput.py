@@ -54,13 +54,8 @@ import numpy as np
 from harness import BenchmarkError, base_environment, in_workdir, project_helpers, say  # benchmarks/harness.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
-PARAMS = {
-    "epochs": 4,
-    "learning_rate": 0.001,
-    "hidden_sizes": [1024, 1024],
-    "dropout": 0.0,
-    "seed": 42,
-}
+# Over the generated project's config/config.yaml `train.hyperparameters` (batch_size: per case, batch_size()).
+OVERRIDES = {"epochs": 4, "hidden_sizes": [1024, 1024]}
 LOCAL_BATCH = 4096  # samples per rank and step (weak scaling); --strong: GLOBAL_BATCH whatever the ranks
 GLOBAL_BATCH = 2048
 SAMPLES, FEATURES, CLASSES = 65536, 64, 10
@@ -116,6 +111,14 @@ def write_dataset(path: Path) -> None:
     np.savez(path, features=features, labels=labels.astype(np.int64))
 
 
+def hyperparameters(project: Path) -> dict:
+    """The generated project's training hyper-parameters (all of them: training takes no partial set) with OVERRIDES."""
+    import yaml
+
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    return {**config["train"]["hyperparameters"], **OVERRIDES}
+
+
 def container_image(project: Path, args, env) -> tuple[Path | None, str]:
     """(image, "") or (None, why there is no container line)."""
     if args.no_container:
@@ -151,10 +154,19 @@ def batch_size(ranks: int, strong: bool) -> int:
 
 
 def command_for(
-    case: Case, project: Path, launch, package: str, data: str, out: str, image: Path | None, strong: bool = False
+    case: Case,
+    project: Path,
+    launch,
+    package: str,
+    data: str,
+    out: str,
+    image: Path | None,
+    params: dict,
+    strong: bool = False,
 ) -> str:
-    """The case's command, run in the project directory; `data` and `out` are relative to it."""
-    params = {**PARAMS, "batch_size": batch_size(case.ranks, strong)}
+    """The case's command, run in the project directory; `data` and `out` are relative to it; `params`: every
+    hyper-parameter training takes (the case sets the batch size)."""
+    params = {**params, "batch_size": batch_size(case.ranks, strong)}
     args = ["--train", data, "--out-dir", out, "--params", json.dumps(params), "--threads", str(case.threads)]
     command = launch.training_command(
         launcher="local", backend=case.backend, processes=case.ranks, package=package, args=args
@@ -262,6 +274,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Non
     env["PYTHONPATH"] = str(project / "src")
     package = project.name.replace("-", "_")
     (launch,) = project_helpers(project, "launch")
+    params = hyperparameters(project)
     data = "data/processed/throughput.npz"
     (project / data).parent.mkdir(parents=True, exist_ok=True)
     write_dataset(project / data)
@@ -272,7 +285,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Non
     commands = {}
     for case in cases:
         commands[case.name] = command_for(
-            case, project, launch, package, data, "bench-out/<run>", image, args.strong
+            case, project, launch, package, data, "bench-out/<run>", image, params, args.strong
         )
         say(f"{case.name}: {commands[case.name]}")
 
@@ -281,7 +294,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Non
         order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
         for case in order:
             out = f"bench-out/{repeat}-{case.name.replace(' ', '_').replace(',', '')}"
-            command = command_for(case, project, launch, package, data, out, image, args.strong)
+            command = command_for(case, project, launch, package, data, out, image, params, args.strong)
             throughput[case.name].append(run_case(command, project, env, project / out))
         say(
             f"repeat {repeat + 1}/{args.repeats}: "
@@ -317,7 +330,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Non
             json.dumps(
                 {
                     "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-                    "params": PARAMS,
+                    "params": {key: value for key, value in params.items() if key != "batch_size"},
                     "batch": {"global": GLOBAL_BATCH} if args.strong else {"per_rank": LOCAL_BATCH},
                     "horovod_cycle_time_ms_tuned": args.horovod_cycle_time,
                     "dataset": {"samples": SAMPLES, "features": FEATURES, "classes": CLASSES},

@@ -41,3 +41,19 @@ def test_bad_values_are_named(config, schema, section, key, value, message):
     config[section][key] = value
     with pytest.raises(WorkflowError, match=message):
         validate(config, schema)
+
+
+def test_config_gives_training_everything_it_takes(config, schema):
+    """The workflow passes the validated `train.hyperparameters` whole: exactly what training takes."""
+    from {{ cookiecutter.package_name }} import train
+
+    validate(config, schema)
+    params = train.HyperParameters.from_mapping(config["train"]["hyperparameters"])
+    assert params.to_dict() == config["train"]["hyperparameters"]
+
+
+@pytest.mark.parametrize("key", ["dropout", "epochs"])
+def test_a_missing_hyperparameter_is_named(config, schema, key):
+    del config["train"]["hyperparameters"][key]
+    with pytest.raises(WorkflowError, match=f"'{key}' is a required property"):
+        validate(config, schema)

@@ -1,12 +1,17 @@
 """Provenance of this checkout: git, DVC hashes, lockfile, tags."""
 
+import ast
 import hashlib
+import inspect
 
-from {{ cookiecutter.package_name }} import provenance
+import pytest
+
+from {{ cookiecutter.package_name }} import pipeline_run, provenance, reproduce, tracking, train
 
 
-def test_collect_records_git_data_and_lockfile(project_dir):
-    prov = provenance.collect(project_dir, config={"profile": "local"})
+def test_collect_records_git_data_and_lockfile(project_dir, monkeypatch):
+    monkeypatch.setenv("SMKML_CLUSTER", "local")  # the workflow exports the profile's name to every job
+    prov = provenance.collect(project_dir, config={"train": {"processes": 2}})
     lock = project_dir / "requirements.lock"
     assert prov["lockfile"]["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert "data/raw/digits.csv" in prov["data"]
@@ -29,11 +34,45 @@ def test_image_digest_of_a_file_and_a_directory_image(tmp_path):
     assert provenance.image_digest(str(tmp_path / "nope")).startswith("missing image")
 
 
+def test_where_the_pipeline_ran_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("SMKML_CLUSTER", raising=False)
+    assert provenance.where() == "none"
+    assert provenance.collect(tmp_path, config={"profile": "lumi"})["profile"] == "none"  # not from the config
+    monkeypatch.setenv("SMKML_CLUSTER", "lumi")
+    assert provenance.where() == "lumi"
+
+
 def test_slurm_job_tag_only_inside_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert provenance.slurm_job_tag("train") == {}
+    assert pipeline_run.slurm_job_tag("train") == {}
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.delenv("SLURM_CLUSTER_NAME", raising=False)
-    assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242"}
+    assert pipeline_run.slurm_job_tag("train") == {"slurm.job_id.train": "4242"}
     monkeypatch.setenv("SLURM_CLUSTER_NAME", "lumi")
-    assert provenance.slurm_job_tag("train") == {"slurm.job_id.train": "4242", "slurm.cluster": "lumi"}
+    assert pipeline_run.slurm_job_tag("train") == {"slurm.job_id.train": "4242", "slurm.cluster": "lumi"}
+
+
+@pytest.mark.parametrize("module", [provenance, tracking, reproduce, train])
+def test_usage_names_the_module_as_it_is_run(module, capsys):
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module.__name__} ")
+
+
+def package_imports(module) -> tuple[set[str], set[str]]:
+    """(modules of this package that `module` imports at its top, those it imports anywhere else)."""
+    tree = ast.parse(inspect.getsource(module))
+    top = {id(node) for node in tree.body}
+    found: tuple[set[str], set[str]] = (set(), set())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = {node.module} if node.module else {alias.name for alias in node.names}
+            found[0 if id(node) in top else 1].update(names)
+    return found
+
+
+def test_run_provenance_and_tracking_depend_one_way():
+    """pipeline_run <- provenance <- tracking: no import circle, none hidden inside a function."""
+    assert package_imports(pipeline_run) == (set(), set())
+    assert package_imports(provenance) == ({"pipeline_run"}, set())
+    assert package_imports(tracking) == ({"provenance", "pipeline_run"}, set())

@@ -39,11 +39,19 @@ def blobs(n=400, seed=0):
     return (centres[labels] + rng.normal(0, 0.5, (n, 8))).astype(np.float32), labels.astype(np.int64)
 
 
-def params(**changes):
-    return {**train.DEFAULTS, "epochs": 8, "batch_size": 32, "hidden_sizes": [16], **changes}
+@pytest.fixture()
+def params(hyperparameters):
+    """params(**changes): the config's hyper-parameters, made small and quick for these tests, with `changes`."""
+
+    def make(**changes) -> train.HyperParameters:
+        return train.HyperParameters.from_mapping(
+            {**hyperparameters, "epochs": 8, "batch_size": 32, "hidden_sizes": [16], "dropout": 0.0, **changes}
+        )
+
+    return make
 
 
-def test_training_learns_and_is_deterministic(tmp_path):
+def test_training_learns_and_is_deterministic(tmp_path, params):
     features, labels = blobs()
     net, spec, history, _ = train.train(SingleProcess(), features, labels, params())
     assert history[-1]["loss"] < history[0]["loss"]
@@ -55,15 +63,42 @@ def test_training_learns_and_is_deterministic(tmp_path):
     assert loaded_spec == spec == {"n_features": 8, "n_classes": 3, "hidden_sizes": [16], "dropout": 0.0}
 
 
-def test_global_batch_must_split_evenly_across_ranks():
+def test_global_batch_must_split_evenly_across_ranks(params):
     features, labels = blobs()
     with pytest.raises(SystemExit, match="batch_size 32 is not divisible by the 3 ranks"):
         train.train(SingleProcess(size=3), features, labels, params())
 
 
-def test_unknown_hyperparameter_is_named():
-    with pytest.raises(SystemExit, match=r"unknown training parameter\(s\) \['momentum'\]"):
-        train.hyper_parameters(json.dumps({"momentum": 0.9}))
+def test_unknown_hyperparameter_is_named(hyperparameters):
+    with pytest.raises(SystemExit, match=r"unknown training parameter\(s\) \['momentum'\] \(allowed: \["):
+        train.hyper_parameters(json.dumps({**hyperparameters, "momentum": 0.9}))
+
+
+def test_missing_hyperparameters_are_named(hyperparameters):
+    partial = {key: value for key, value in hyperparameters.items() if key not in ("dropout", "seed")}
+    with pytest.raises(SystemExit) as missing:
+        train.hyper_parameters(json.dumps(partial))
+    assert str(missing.value) == (
+        "missing training parameter(s) ['dropout', 'seed'] (allowed: "
+        "['batch_size', 'dropout', 'epochs', 'hidden_sizes', 'learning_rate', 'seed'])"
+    )
+    with pytest.raises(SystemExit, match=r"unknown training parameter\(s\) \['momentum'\]; missing training"):
+        train.hyper_parameters(json.dumps({**partial, "momentum": 0.9}))
+
+
+def test_the_workflow_passes_every_hyperparameter(hyperparameters):
+    params = train.hyper_parameters(json.dumps(hyperparameters))
+    assert params.to_dict() == hyperparameters
+
+
+def test_checkpoint_dir_needs_checkpoint_every(capsys):
+    required = ["--backend", "horovod", "--train", "t.npz", "--out-dir", "out", "--params", "{}"]
+    with pytest.raises(SystemExit):
+        train.parse_args([*required, "--checkpoint-dir", "ckpt"])
+    assert "--checkpoint-dir needs --checkpoint-every" in capsys.readouterr().err
+    args = train.parse_args([*required, "--checkpoint-dir", "ckpt", "--checkpoint-every", "0"])
+    assert args.checkpoint_every == 0
+    assert train.parse_args(required).checkpoint_every is None
 
 
 class Interrupted(Exception):
@@ -97,7 +132,7 @@ def state_of(net):
 
 @pytest.mark.parametrize("resumer", [SingleProcess, RebuildsOptimizer])
 @pytest.mark.parametrize("every", [7, 12])  # 7: checkpoints mid-epoch; 12 = steps per epoch: at epoch ends
-def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer):
+def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer, params):
     features, labels = blobs()
     p = params(dropout=0.2)  # dropout draws random numbers: the RNG state must be restored too
     net, _, history, outcome = train.train(SingleProcess(), features, labels, p)
@@ -116,7 +151,7 @@ def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer):
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
-def test_checkpoint_of_another_run_is_ignored_with_a_warning(tmp_path, capsys):
+def test_checkpoint_of_another_run_is_ignored_with_a_warning(tmp_path, capsys, params):
     features, labels = blobs()
     directory = tmp_path / "ckpt"
     with pytest.raises(Interrupted):
@@ -125,15 +160,17 @@ def test_checkpoint_of_another_run_is_ignored_with_a_warning(tmp_path, capsys):
         SingleProcess(), features, labels, params(learning_rate=0.01), train.Checkpointing(directory, 0)
     )
     assert outcome.resumed_from_step == 0
-    assert "params.learning_rate: 0.001 -> 0.01" in outcome.messages[0]
+    assert f"params.learning_rate: {params().learning_rate!r} -> 0.01" in outcome.messages[0]
     assert "WARNING: ignoring checkpoint" in capsys.readouterr().out
     _, _, fresh, _ = train.train(SingleProcess(), features, labels, params(learning_rate=0.01))
     assert history == fresh
 
 
-def test_world_size_is_part_of_a_checkpoint(tmp_path):
+def test_world_size_is_part_of_a_checkpoint(tmp_path, params):
     features, labels = blobs()
-    identity = checkpoints.fingerprint("horovod", 2, params(), {"n_features": 8}, checkpoints.data_digest(features, labels))
+    identity = checkpoints.fingerprint(
+        "horovod", 2, params().to_dict(), {"n_features": 8}, checkpoints.data_digest(features, labels)
+    )
     checkpoints.save(tmp_path, {"fingerprint": identity, "step": 5})
     state, warning = checkpoints.load(tmp_path, {**identity, "world_size": 1})
     assert state is None and "world_size: 2 -> 1" in warning
@@ -173,13 +210,14 @@ class TermAfter(SingleProcess):
         return super().allreduce_sum(tensor)
 
 
-def test_a_stop_request_checkpoints_at_the_next_agreed_step_and_resumes_exactly(tmp_path):
+def test_a_stop_request_checkpoints_at_the_next_agreed_step_and_resumes_exactly(tmp_path, params):
     features, labels = blobs()
     _, _, history, _ = train.train(SingleProcess(), features, labels, params())
     checkpointing = train.Checkpointing(tmp_path, every=0)  # no periodic checkpoints: only the one on request
     with pytest.raises(train.Stopped) as stopped:
         train.train(TermAfter(checkpointing, 25), features, labels, params(), checkpointing)
     assert stopped.value.step == 30  # the first agreed step (every `poll` = 10 steps) after the request
-    _, _, resumed, outcome = train.train(SingleProcess(), features, labels, params(), train.Checkpointing(tmp_path))
+    # every=0: no periodic checkpoints in the resumed run either (it only resumes)
+    _, _, resumed, outcome = train.train(SingleProcess(), features, labels, params(), train.Checkpointing(tmp_path, 0))
     assert outcome.resumed_from_step == 30
     assert resumed == history

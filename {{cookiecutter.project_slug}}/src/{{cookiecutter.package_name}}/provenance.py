@@ -2,9 +2,9 @@
 
 `collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files and as
 found on disk), the lockfile hash, the container image digest (when training ran in a container), the Slurm job
-ids of the steps (when on Slurm), the Snakemake version, the profile and the config. The pipeline's last steps
-write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the MLflow run
-(`python -m {{ cookiecutter.package_name }}.provenance`).
+ids of the steps (when on Slurm), the Snakemake version, where the pipeline ran (`where()`) and the config. The
+pipeline's last steps write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the
+MLflow run (`python -m {{ cookiecutter.package_name }}.provenance`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from . import pipeline_run
+
 LOCKFILE = "requirements.lock"
-SLURM_TAG = "slurm.job_id."
+IMAGE_METADATA = "etc/smkml-image.json"  # what a directory image records about its build (containers/)
 
 
 def file_digest(path: str | Path, algorithm: str) -> str:
@@ -79,16 +81,15 @@ def image_digest(image: str | None) -> str | None:
     if path.is_file():
         return "sha256:" + sha256_file(path)
     if path.is_dir():
-        for name in ("etc/smkml-image.json", "etc/image.json"):
-            if (path / name).is_file():
-                return "sha256:" + sha256_file(path / name) + f" ({name} of directory image)"
+        if (path / IMAGE_METADATA).is_file():
+            return "sha256:" + sha256_file(path / IMAGE_METADATA) + f" ({IMAGE_METADATA} of directory image)"
         return f"directory image {path} (no build metadata found)"
     return f"missing image {path}"
 
 
 def image_metadata(image: str | None) -> dict | None:
     """The build inputs a directory image recorded about itself (lock hash, base image, template version)."""
-    path = Path(image) / "etc/smkml-image.json" if image else None
+    path = Path(image) / IMAGE_METADATA if image else None
     if path is None or not path.is_file():
         return None
     try:
@@ -101,7 +102,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def collect(root: str | Path = ".", *, config: dict | None = None, profile: str | None = None) -> dict:
+def where() -> str:
+    """Where the pipeline runs: the cluster profile's name (local, lumi, slurm, kubernetes), which the workflow
+    exports to every job as SMKML_CLUSTER; "none" outside the workflow."""
+    return os.environ.get("SMKML_CLUSTER") or "none"
+
+
+def collect(root: str | Path = ".", *, config: dict | None = None) -> dict:
     root = Path(root).resolve()
     config = config or {}
     container = config.get("container") or {}
@@ -119,7 +126,7 @@ def collect(root: str | Path = ".", *, config: dict | None = None, profile: str 
         },
         "slurm": {"job_ids": {}, "cluster": os.environ.get("SLURM_CLUSTER_NAME")},
         "snakemake_version": _version("snakemake"),
-        "profile": profile or config.get("profile") or "none",
+        "profile": where(),
         "config_sha256": config_hash(config),
         "config": config,
     }
@@ -130,15 +137,6 @@ def _version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
-
-
-def slurm_job_tag(step: str) -> dict[str, str]:
-    """The tag a step sets on the pipeline's run when it runs inside a Slurm job."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return {}
-    cluster = os.environ.get("SLURM_CLUSTER_NAME")
-    return {f"{SLURM_TAG}{step}": job, **({"slurm.cluster": cluster} if cluster else {})}
 
 
 def to_tags(prov: dict) -> dict[str, str]:
@@ -160,7 +158,7 @@ def to_tags(prov: dict) -> dict[str, str]:
     if prov["slurm"]["cluster"]:
         tags["slurm.cluster"] = prov["slurm"]["cluster"]
     for step, job in prov["slurm"]["job_ids"].items():
-        tags[f"{SLURM_TAG}{step}"] = job
+        tags[f"{pipeline_run.SLURM_TAG}{step}"] = job
     return tags
 
 
@@ -192,30 +190,34 @@ def to_html(prov: dict) -> str:
     )
 
 
+def record_on_run(run_file: str | Path, prov: dict) -> None:
+    """Complete `prov` from the pipeline's MLflow run (the Slurm job ids its steps recorded there, the run id) and
+    put it on the run: as tags and as the artifact provenance.json."""
+    import mlflow
+
+    tag = pipeline_run.SLURM_TAG
+    with pipeline_run.resume(run_file, step="provenance") as run:
+        recorded = mlflow.get_run(run.info.run_id).data.tags
+        prov["slurm"]["job_ids"].update(
+            {key[len(tag):]: value for key, value in recorded.items() if key.startswith(tag)}
+        )
+        prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
+        prov["mlflow_run_id"] = run.info.run_id
+        mlflow.set_tags(to_tags(prov))
+        mlflow.log_dict(prov, "provenance.json")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m provenance", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.provenance", description=__doc__)
     parser.add_argument("--config", required=True, help="the workflow config as JSON")
-    parser.add_argument("--profile", help="name of the Snakemake profile (default: config `profile`)")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-html", required=True)
     parser.add_argument("--run-file", help="the pipeline's MLflow run: read the steps' Slurm job ids, write tags")
     args = parser.parse_args(argv)
 
-    prov = collect(".", config=json.loads(args.config), profile=args.profile)
+    prov = collect(".", config=json.loads(args.config))
     if args.run_file:
-        import mlflow
-
-        from . import tracking
-
-        with tracking.resume(args.run_file, step="provenance") as run:
-            recorded = mlflow.get_run(run.info.run_id).data.tags
-            prov["slurm"]["job_ids"].update(
-                {key[len(SLURM_TAG):]: value for key, value in recorded.items() if key.startswith(SLURM_TAG)}
-            )
-            prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
-            prov["mlflow_run_id"] = run.info.run_id
-            mlflow.set_tags(to_tags(prov))
-            mlflow.log_dict(prov, "provenance.json")
+        record_on_run(args.run_file, prov)
     for path in (args.out_json, args.out_html):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")

@@ -202,7 +202,7 @@ def cmd_record(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     env = sub.add_parser("check-env", help="installed packages vs the lock")

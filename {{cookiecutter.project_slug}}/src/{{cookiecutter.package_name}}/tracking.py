@@ -1,7 +1,8 @@
 """MLflow tracking: one run per pipeline.
 
-The first step creates the run and writes its id to a small JSON file; every later step that produces
-numbers resumes that run by id, so params, metrics, artifacts and the model all land in one place.
+The first step creates the run, tagged with the pipeline's provenance, and writes its id to a small JSON file;
+every later step that produces numbers resumes that run by id (`resume`, `log_to_run`; see pipeline_run), so params,
+metrics, artifacts and the model all land in one place. The last step registers the model.
 The tracking URI comes from MLFLOW_TRACKING_URI (the workflow sets it from config/config.yaml).
 """
 
@@ -11,9 +12,10 @@ import argparse
 import json
 import os
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
+
+from . import provenance
+from .pipeline_run import read_run_file, resume, slurm_job_tag
 
 
 MLFLOW_NAME = re.compile(r"^[\w\-. :/]+$")
@@ -34,18 +36,16 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start(run_file: str | Path, experiment: str, params: dict, run_name: str | None = None) -> str:
+def start(run_file: str | Path, experiment: str, params: dict) -> str:
     """Create the pipeline's run; under `mlflow run` (MLFLOW_RUN_ID set) adopt the run MLflow made."""
     import mlflow
 
-    from . import provenance
-
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run() as run:
         mlflow.log_params(flatten(params))
         mlflow.set_tags(provenance.to_tags(provenance.collect(".", config=params)))
-        mlflow.set_tags(provenance.slurm_job_tag("tracking"))
+        mlflow.set_tags(slurm_job_tag("tracking"))
         experiment = mlflow.get_experiment(run.info.experiment_id).name
         info = {
             "run_id": run.info.run_id,
@@ -57,25 +57,6 @@ def start(run_file: str | Path, experiment: str, params: dict, run_name: str | N
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(info, indent=2) + "\n")
     return info["run_id"]
-
-
-def read_run_file(run_file: str | Path) -> dict:
-    return json.loads(Path(run_file).read_text())
-
-
-@contextmanager
-def resume(run_file: str | Path, step: str | None = None):
-    """Log into the pipeline's run (created by `start`). Inside a Slurm job the step's job id becomes a tag
-    `slurm.job_id.<step>` (step: the module that logs, e.g. `train`, unless named)."""
-    import mlflow
-
-    from . import provenance
-
-    info = read_run_file(run_file)
-    mlflow.set_tracking_uri(info["tracking_uri"])
-    with mlflow.start_run(run_id=info["run_id"]) as run:
-        mlflow.set_tags(provenance.slurm_job_tag(step or Path(sys.argv[0]).stem))
-        yield run
 
 
 def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=(),
@@ -127,13 +108,12 @@ def register(run_file: str | Path, name: str, metrics: dict, provenance_tags: di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tracking", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.tracking", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start", help="create the pipeline's MLflow run")
     start_cmd.add_argument("--out", required=True, help="where to write the run id file")
     start_cmd.add_argument("--experiment", required=True)
     start_cmd.add_argument("--params", default="{}", help="JSON object logged as params")
-    start_cmd.add_argument("--run-name")
     register_cmd = sub.add_parser("register", help="register the run's model in the MLflow model registry")
     register_cmd.add_argument("--run-file", required=True)
     register_cmd.add_argument("--name", required=True, help="registered model name")
@@ -142,11 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
     if args.command == "start":
-        run_id = start(args.out, args.experiment, json.loads(args.params), args.run_name)
+        run_id = start(args.out, args.experiment, json.loads(args.params))
         print(f"MLflow run {run_id} in experiment '{args.experiment}'")
         return
-    from . import provenance
-
     prov = json.loads(Path(args.provenance).read_text())
     registered = register(args.run_file, args.name, json.loads(Path(args.metrics).read_text()),
                           provenance.to_tags(prov))
