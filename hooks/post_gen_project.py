@@ -18,10 +18,10 @@ puts into the context; plain cookiecutter never sets it.
 
 import json
 import re
-from fnmatch import fnmatch
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 PROJECT_DIR = Path.cwd()

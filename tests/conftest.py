@@ -31,6 +31,22 @@ def cluster_description(name: str) -> dict:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
+def project_helper(project: Path, name: str):
+    """A generated project's own helper module (workflow/lib/smkml/<name>.py), imported within its package (the
+    helpers import each other) under a name of its own, beside the template's `smkml`."""
+    import importlib
+    import importlib.util
+
+    lib = project / "workflow" / "lib" / "smkml"
+    package = f"smkml_of_{project.name.replace('-', '_')}_{abs(hash(str(project.resolve())))}"
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_file_location(package, lib / "__init__.py", submodule_search_locations=[str(lib)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.{name}")
+
+
 def project_config(profile: str | None = None, **sections) -> dict:
     """The config a project's workflow sees: the skeleton's config/config.yaml (default answers), the profile's
     cluster description, `sections` replacing top-level sections, validated with the defaults filled in."""

@@ -19,14 +19,13 @@ Tolerances (absolute; the numbers are float32):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
 import yaml
 
-from conftest import generate, run
+from conftest import generate, project_helper, run
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +34,7 @@ TOL_RANKS = 1e-4
 
 
 def launch_module(project):
-    spec = importlib.util.spec_from_file_location("project_launch", project / "workflow/lib/smkml/launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return project_helper(project, "launch")
 
 
 @pytest.fixture(scope="module")

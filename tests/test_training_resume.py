@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import command_env, generate, run
+from conftest import command_env, generate, project_helper, run
 
 pytestmark = pytest.mark.e2e
 
@@ -188,14 +188,11 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
 
 def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
     """A scheduler's time limit or `scancel` sends SIGTERM: the ranks agree on a step, checkpoint there and stop."""
-    import importlib.util
     import shlex
     import signal
 
     backend, path, reference = project
-    spec = importlib.util.spec_from_file_location("project_launch", path / "workflow/lib/smkml/launch.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)
+    launch = project_helper(path, "launch")
     hyperparameters = yaml.safe_load((path / "config/config.yaml").read_text())["train"]["hyperparameters"]
     command = launch.training_command(
         launcher="local", backend=backend, processes=2, package=path.name.replace("-", "_"),
