@@ -70,7 +70,9 @@ def test_dry_run_of_the_deployed_module(deployed, profile):
     output = result.stdout + result.stderr
     assert planned(output) == set(JOBS)
     # The module's own files, not the deploying folder's: its notebook and helpers, from the git repository.
-    assert "papermill --no-progress-bar --kernel python3 .snakemake/smkml-module/notebooks/prepare.ipynb" in output
-    assert "python .snakemake/smkml-module/workflow/lib/smkml/dvc_remote.py pull" in output
+    # (copied to a folder named after the module's vendored.json, which lists the sha256 of every vendored file)
+    copy = re.escape(".snakemake/smkml-module/") + "[0-9a-f]{16}"
+    assert re.search(f"papermill --no-progress-bar --kernel python3 {copy}/notebooks/prepare.ipynb", output), output
+    assert re.search(f"python {copy}/workflow/lib/smkml/dvc_remote.py pull {copy}/data/raw/digits.csv.dvc", output)
     ranks = "1 rank(s)" if profile[-1:] == ["profiles/lumi"] else "2 rank(s)"
     assert f"Training with torch_ddp on {ranks}" in output

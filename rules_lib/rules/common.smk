@@ -1,40 +1,51 @@
 # Shared set-up of the rule modules (where the steps run, how each step is planned for it, the environment of
 # every job). The including Snakefile defines PACKAGE and validates the config, which fills in the defaults.
 import functools
+import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
-# Where copies of a module's files go when the workflow is used as a Snakemake module from a git repository.
-MODULE_COPY = Path(".snakemake/smkml-module")
+# Where copies of a module's files go when the workflow is used as a Snakemake module from a git repository: one
+# folder per version of the module (named after the sha256 of its vendored.json, which lists every file's sha256).
+MODULE_COPIES = Path(".snakemake/smkml-module")
 
 
-def module_file(name):
-    """The module's file `name` (relative to its project root), copied out of Snakemake's source cache to
-    MODULE_COPY/name, so that helpers import and scripts run under their own names."""
-    target = MODULE_COPY / name
+def copy_out(name, folder):
+    """The module's file `name` (relative to its project root) copied from Snakemake's source cache to
+    folder/name, so that helpers import and scripts run under their own names. Written whole and renamed into
+    place: jobs parsing the workflow at the same time only ever see complete files, all with the same content.
+    """
+    target = folder / name
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(workflow.source_path(f"../../{name}"), target)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(workflow.source_path(f"../../{name}"), partial)
+        os.replace(partial, target)
     return target
 
 
-def workflow_folder():
+def module_copy():
+    """The folder holding this module version's copied files (None: the workflow runs from its own folder)."""
+    if Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).is_dir():
+        return None
+    manifest = Path(workflow.source_path("../../vendored.json")).read_bytes()
+    return MODULE_COPIES / hashlib.sha256(manifest).hexdigest()[:16]
+
+
+def workflow_folder(copy):
     """workflow/ of this workflow: the folder itself, or, for a module read from a git repository (snakedeploy's
     github(...)), copies of the vendored files of its workflow/ (listed in its vendored.json).
     """
-    here = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
-    if here.is_dir():
-        return here
-    shutil.rmtree(
-        MODULE_COPY, ignore_errors=True
-    )  # the module's files as this run's source has them
-    manifest = json.loads(module_file("vendored.json").read_text())
+    if copy is None:
+        return Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+    manifest = json.loads(copy_out("vendored.json", copy).read_text())
     for name in manifest["files"]:
         if name.startswith("workflow/"):
-            module_file(name)
-    return MODULE_COPY / "workflow"
+            copy_out(name, copy)
+    return copy / "workflow"
 
 
 def project_file(path):
@@ -42,10 +53,15 @@ def project_file(path):
     deploying folder has no such file, the module's own (e.g. the notebook)."""
     if not AS_MODULE or Path(path).exists():
         return path
-    return str(module_file(path))
+    return (
+        str(copy_out(path, MODULE_COPY))
+        if MODULE_COPY
+        else str(workflow.source_path(f"../../{path}"))
+    )
 
 
-WORKFLOW_DIR = workflow_folder()
+MODULE_COPY = module_copy()
+WORKFLOW_DIR = workflow_folder(MODULE_COPY)
 # Used as a Snakemake module (snakedeploy): the rules come from another folder than the one Snakemake runs in.
 AS_MODULE = WORKFLOW_DIR.resolve() != (Path.cwd() / "workflow").resolve()
 LIB_DIR = WORKFLOW_DIR / "lib"
