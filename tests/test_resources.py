@@ -65,7 +65,7 @@ GOLDEN = {
     },
     ("slurm", "two_nodes"): {
         "slurm_partition": "gpu", "runtime": 120, "slurm_account": ACCOUNT, "gres": "gpu:8", "nodes": 2,
-        "cpus_per_task": 10, "mem_mb": 0, "tasks_per_node": 8, "mpi": "srun",
+        "cpus_per_task": 10, "mem_mb": 0, "tasks_per_node": 8, "mpi": "srun", "slurm_extra": "--exclusive",
     },
 }
 
@@ -92,6 +92,21 @@ def test_golden_resources_and_launch_line(cluster, rule):
             launcher_options=step.srun_options,
         )
         assert line == GOLDEN_LAUNCH[cluster][rule]
+
+
+def test_a_full_node_on_a_shared_partition_is_requested_whole():
+    """All 8 GPUs of a small-g node: the node itself too (--exclusive), as LUMI binds CPUs to GPUs only on whole
+    nodes; then the ranks get LUMI's binding mask. standard-g gives whole nodes anyway: no --exclusive there."""
+    config = config_for("lumi", {**RESOURCES, "full_node": {"gpus": 8, "nodes": 1}})
+    step = plan(config, "full_node", ranks=8)
+    assert step.request["slurm_partition"] == "small-g"
+    assert step.request["slurm_extra"] == "--gpus-per-node=8 --mem-per-gpu=60G --exclusive"
+    assert step.srun_options == [f"--cpu-bind={LUMI_MASK}"]
+    line = " ".join(plugin_sbatch_line(step.request).split())
+    assert line == (f"sbatch -A {ACCOUNT} -p small-g -t 30 --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 "
+                    "--gpus-per-node=8 --mem-per-gpu=60G --exclusive")
+    assert "--exclusive" not in mapped("lumi", "two_nodes").get("slurm_extra", "")  # standard-g: whole nodes
+    assert "--exclusive" not in mapped("lumi", "one_gpu").get("slurm_extra", "")  # a part of a node
 
 
 def test_cpu_training_on_slurm_launches_its_own_ranks():
@@ -202,7 +217,7 @@ GOLDEN_SBATCH = {
     ("slurm", "cpu_step"): f"sbatch -A {ACCOUNT} -p small -t 30 --mem 4000 --ntasks=1 --cpus-per-task=1",
     ("slurm", "one_gpu"): f"sbatch -A {ACCOUNT} -p gpu -t 60 --nodes=1 --ntasks-per-gpu=1 --cpus-per-task=10 --gres=gpu:1",
     ("slurm", "two_nodes"): f"sbatch -A {ACCOUNT} -p gpu -t 120 --nodes=2 --ntasks-per-node=8 --cpus-per-task=10 "
-    "--gres=gpu:8",
+    "--exclusive --gres=gpu:8",
 }
 
 

@@ -130,6 +130,18 @@ def test_training_ran_two_ranks_on_two_gpus(lumi_run):
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
 
 
+def test_efficiency_report_lists_the_jobs(lumi_run):
+    """The lumi profile asks the plugin for its efficiency report (CPU and memory used against requested)."""
+    import csv
+
+    project, _, _ = lumi_run
+    (report,) = (project / "logs/slurm").glob("efficiency_report_*.csv")
+    rows = list(csv.DictReader(report.open()))
+    jobs = set(slurm_job_ids(project).values())
+    assert jobs <= {row["JobID"].split(".")[0] for row in rows}, rows  # every step's Slurm job
+    assert all(0 <= float(row["CPU Efficiency (%)"]) for row in rows if row["JobID"] in jobs), rows
+
+
 def test_provenance_names_each_steps_slurm_job(lumi_run):
     """The MLflow run and results/provenance.json carry the Slurm job id of every step that logs to MLflow from a
     Slurm job (the bookkeeping steps run locally and have none)."""

@@ -189,6 +189,9 @@ def slurm_resources(step: Step) -> dict:
             resources["gres"] = f"gpu:{needs['gpus']}"
         if gpu["mem_per_gpu"]:
             extra.append(f"--mem-per-gpu={gpu['mem_per_gpu']}")
+        limits = cluster["partitions"][step.partition]
+        if needs["gpus"] == limits["gpus_per_node"] and not limits["whole_node"]:
+            extra.append("--exclusive")  # all GPUs of a node: the node too (LUMI binds CPUs on whole nodes only)
         resources.update(
             nodes=int(needs["nodes"]),
             cpus_per_task=int(gpu["cpus_per_gpu"]),
