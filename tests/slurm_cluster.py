@@ -7,6 +7,13 @@ Everything runs on this one machine from Debian's packages (slurm-wlm, slurmdbd,
 * ``slurmdbd``, ``slurmctld`` and two ``slurmd`` (``nid001``, ``nid002``) that advertise LUMI-G nodes
   (64 cores, 480 GiB, 8 GPUs as stand-in files) thanks to ``SlurmdParameters=config_overrides``.
 
+As strict as LUMI where the workflows depend on it: each node's ``slurmd`` (and so every job step on that node)
+runs in its own network namespace with its own ``127.0.0.1``, its own host name (``nid001``) and its own
+``/etc/hosts``, and reaches the other node only at that node's address (``NodeAddr``) on a bridge that exists only
+for this cluster; each node has its own temporary folder (``TmpFS``). Creating namespaces needs root: without it,
+:attr:`MiniLumi.isolated` is False, :attr:`MiniLumi.isolation_problem` says why, and the nodes share the host's
+network (tests that need separate nodes skip with that reason, see :meth:`MiniLumi.require_isolation`).
+
 All configuration, state, spool, logs and pid files live under the work directory given to
 :class:`MiniLumi`; nothing in ``/etc/slurm``, ``/etc/munge`` or the system MariaDB is touched, and every
 port is picked free at start, so several clusters (or a stale one from an earlier run) never collide.
@@ -42,7 +49,7 @@ PARTITIONS = {
     "dev-g": ("03:00:00", False),
 }
 
-PACKAGES = ("slurm-wlm", "munge", "mariadb-server", "slurmdbd")
+PACKAGES = ("slurm-wlm", "munge", "mariadb-server", "slurmdbd", "iproute2")
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 # A unix socket path must fit in sun_path (108 bytes); slurmd puts step sockets in its spool directory.
 _MAX_WORKDIR_LEN = 70
@@ -55,7 +62,7 @@ def _which(name: str) -> str | None:
 
 
 def _missing_programs() -> list[str]:
-    wanted = ["slurmctld", "slurmd", "slurmdbd", "munged", "sinfo", "sacctmgr", "mariadb-install-db"]
+    wanted = ["slurmctld", "slurmd", "slurmdbd", "munged", "sinfo", "sacctmgr", "mariadb-install-db", "ip"]
     missing = [name for name in wanted if _which(name) is None]
     if _which("mariadbd") is None and _which("mysqld") is None:
         missing.append("mariadbd")
@@ -132,6 +139,92 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+class NodeNetwork:
+    """One network namespace per node on a bridge of this cluster's own (root only; see the module docstring).
+
+    Names carry a random tag, and the subnet (10.213.N.0/24) is one no interface of this machine uses, so clusters
+    started side by side (or a stale one) never share a namespace, bridge or address.
+    """
+
+    def __init__(self, nodes: tuple[str, ...]):
+        self.tag = "".join(random.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(5))
+        used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+        free = [n for n in range(1, 255) if f" 10.213.{n}." not in used]
+        if not free:
+            raise RuntimeError("no free 10.213.N.0/24 subnet for the test cluster's bridge")
+        self.subnet = random.choice(free)
+        self.bridge = f"smk{self.tag}"
+        self.host_address = f"10.213.{self.subnet}.1"
+        self.addresses = {node: f"10.213.{self.subnet}.{11 + i}" for i, node in enumerate(nodes)}
+        self.namespaces = {node: f"smkml-{self.tag}-{node}" for node in nodes}
+        self._links: list[str] = []
+
+    def up(self) -> None:
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._links.append(self.bridge)
+        self._ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+        for i, (node, namespace) in enumerate(self.namespaces.items()):
+            outside, inside = f"{self.bridge}v{i}", f"{self.bridge}n{i}"
+            self._ip("netns", "add", namespace)
+            self._ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            self._links.append(outside)
+            self._ip("link", "set", outside, "master", self.bridge)
+            self._ip("link", "set", outside, "up")
+            self._ip("link", "set", inside, "netns", namespace)
+            inner = ["ip", "-n", namespace]
+            for args in (
+                ("link", "set", "lo", "up"),
+                ("addr", "add", f"{self.addresses[node]}/24", "dev", inside),
+                ("link", "set", inside, "up"),
+                ("route", "add", "default", "via", self.host_address),
+            ):
+                self._run([*inner, *args])
+
+    def down(self) -> None:
+        for link in reversed(self._links):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        self._links.clear()
+        for namespace in self.namespaces.values():
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+    def hosts_file(self) -> str:
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+        lines += [f"{address} {node}" for node, address in self.addresses.items()]
+        return "\n".join(lines) + "\n"
+
+    def wrap(self, node: str, hosts: Path, command: list[str]) -> list[str]:
+        """`command` started as node `node`: in its network namespace, with its host name and /etc/hosts.
+
+        Not `ip netns exec`, which remounts /sys (hiding /sys/fs/cgroup, which slurmd needs): nsenter into the network
+        namespace, then new UTS and mount namespaces for the host name and a bind-mounted /etc/hosts.
+        """
+        script = 'hostname "$1" && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
+        return [
+            "nsenter", f"--net=/run/netns/{self.namespaces[node]}", "unshare", "--uts", "--mount",
+            "sh", "-c", script, "sh", node, str(hosts), *command,
+        ]
+
+    def _ip(self, *args: str) -> None:
+        self._run(["ip", *args])
+
+    @staticmethod
+    def _run(command: list[str]) -> None:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+
+
+def _isolation_problem() -> str | None:
+    """Why nodes cannot get a network namespace each here, or None when they can."""
+    if os.geteuid() != 0:
+        return "one network namespace per node needs root (ip netns); the nodes share this host's network"
+    missing = [name for name in ("ip", "nsenter", "unshare", "mount") if _which(name) is None]
+    if missing:
+        return f"one network namespace per node needs {', '.join(missing)} (Debian: iproute2, util-linux, mount)"
+    return None
+
+
 class MiniLumi:
     """A two-node LUMI-G-shaped Slurm cluster with accounting, living entirely under ``workdir``.
 
@@ -174,6 +267,26 @@ class MiniLumi:
         self._procs: dict[str, subprocess.Popen] = {}
         self._log_handles: list = []
         self._started = False
+        # One network namespace per node when this process may create them (see the module docstring).
+        self.network: NodeNetwork | None = None
+        self.isolation_problem: str | None = _isolation_problem()
+
+    @property
+    def isolated(self) -> bool:
+        """True when each node has its own network namespace (its own 127.0.0.1), as real nodes do."""
+        return self.network is not None
+
+    def node_address(self, node: str) -> str:
+        """The address other nodes reach `node` at (Slurm's NodeAddr)."""
+        return self.network.addresses[node] if self.network else "127.0.0.1"
+
+    def require_isolation(self) -> None:
+        """Skip the calling test, saying why, when the nodes share one network (a test of separate nodes would pass
+        there for the wrong reason: a rendezvous at 127.0.0.1 reaches every node)."""
+        if not self.isolated:
+            import pytest
+
+            pytest.skip(f"mini-LUMI without separate node networks: {self.isolation_problem}")
 
     # ----------------------------------------------------------------- public API
     def __enter__(self) -> "MiniLumi":
@@ -252,6 +365,8 @@ class MiniLumi:
         for name in [f"slurmd-{n}" for n in NODES] + ["slurmctld", "slurmdbd", "mariadbd", "munged"]:
             self._terminate(name)
         self._kill_leftover_steps()
+        if self.network is not None:
+            self.network.down()
         for handle in self._log_handles:
             handle.close()
         self._log_handles.clear()
@@ -298,6 +413,18 @@ class MiniLumi:
             d.mkdir(parents=True, exist_ok=True)
         for node in NODES:
             (self.workdir / "spool" / node).mkdir(parents=True, exist_ok=True)
+            # Each node's own temporary folder (TmpFS): Slurm's PMIx puts per-job folders there, which collide
+            # when two nodes share one /tmp.
+            (self.workdir / "tmp" / node).mkdir(parents=True, exist_ok=True)
+        if self.isolation_problem is None and self.network is None:
+            network = NodeNetwork(NODES)
+            try:
+                network.up()
+                self.network = network
+                (self.conf_dir / "hosts").write_text(network.hosts_file())
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                network.down()
+                self.isolation_problem = f"one network namespace per node could not be set up: {error}"
         for i in range(GPUS_PER_NODE):
             (self.gpu_dir / f"gpu{i}").touch()
         names = ["mysql", "slurmdbd", "slurmctld", *NODES]
@@ -320,8 +447,12 @@ class MiniLumi:
         w, p = self.workdir, self.ports
         host = socket.gethostname().split(".")[0] or "localhost"
         auth = f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\n"
+        # With a namespace per node, each node has its own name and address, and the daemons on the host are reached
+        # at the bridge's address; otherwise every node is this host at 127.0.0.1.
+        controller = self.network.host_address if self.network else "127.0.0.1"
         nodes = "\n".join(
-            f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={p[node]} {NODE_SPEC} State=UNKNOWN"
+            f"NodeName={node} NodeHostname={node if self.network else host} NodeAddr={self.node_address(node)} "
+            f"Port={p[node]} {NODE_SPEC} State=UNKNOWN"
             for node in NODES
         )
         node_list = f"nid[{NODES[0][3:]}-{NODES[-1][3:]}]"
@@ -332,7 +463,7 @@ class MiniLumi:
         slurm_conf = f"""\
 # mini-LUMI test cluster, generated by tests/slurm_cluster.py
 ClusterName={CLUSTER_NAME}
-SlurmctldHost=localhost(127.0.0.1)
+SlurmctldHost=localhost({controller})
 SlurmctldPort={p['slurmctld']}
 SlurmUser=root
 SlurmdUser=root
@@ -351,6 +482,7 @@ GresTypes=gpu
 MailProg=/bin/true
 StateSaveLocation={w}/state
 SlurmdSpoolDir={w}/spool/%n
+TmpFS={w}/tmp/%n
 SlurmctldPidFile={w}/run/slurmctld.pid
 SlurmdPidFile={w}/run/slurmd-%n.pid
 SlurmctldLogFile={w}/log/slurmctld.log
@@ -366,7 +498,7 @@ JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
+AccountingStorageHost={controller}
 AccountingStoragePort={p['slurmdbd']}
 # for slurmdbd connections this names the munge socket (slurm.conf man page)
 AccountingStoragePass={self.munge_socket}
@@ -576,7 +708,10 @@ StorageLoc=slurm_acct_db
 
     def _start_slurmds(self) -> None:
         for node in NODES:
-            self._start_daemon(f"slurmd-{node}", [self._bin("slurmd"), "-D", "-N", node])
+            command = [self._bin("slurmd"), "-D", "-N", node]
+            if self.network is not None:
+                command = self.network.wrap(node, self.conf_dir / "hosts", command)
+            self._start_daemon(f"slurmd-{node}", command)
         self._wait(self._nodes_idle, "both nodes idle in sinfo", self.start_timeout)
 
     def _nodes_idle(self) -> bool:

@@ -8,10 +8,14 @@ missing image stops `snakemake` while it parses the workflow, naming the value a
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+
 import pytest
 import yaml
 from smkml import resources
-from smkml.launch import ContainerError, container_probe, resolve_container, training_command
+from smkml.launch import SLURM_LAUNCH, ContainerError, container_probe, resolve_container, training_command
 
 from conftest import generate, project_config, run
 
@@ -20,7 +24,8 @@ LUMI_MASK = (
     "mask_cpu:0x00fe000000000000,0xfe00000000000000,0x0000000000fe0000,0x00000000fe000000,"
     "0x00000000000000fe,0x000000000000fe00,0x000000fe00000000,0x0000fe0000000000"
 )
-LUMI_BINDS = "-B /var/spool/slurmd -B /opt/cray -B /usr/lib64/libcxi.so.1"
+LUMI_BINDS = ("-B /var/spool/slurmd -B /opt/cray -B /usr/lib64/libcxi.so.1 -B /pfs -B /scratch -B /projappl "
+              "-B /flash")
 IMAGES = {"apptainer": "containers/images/demo.sif", "singularity": "containers/images/demo.sif",
           "charliecloud": "containers/images/cpu"}
 
@@ -30,54 +35,72 @@ SITUATIONS = {
     "local-ddp": ("local", None, "torch_ddp", {}),
     "srun-lumi": ("srun", "lumi", "horovod", {"gpus": 8, "nodes": 2}),  # two full LUMI-G nodes, 16 ranks
     "srun-slurm": ("srun", "slurm", "torch_ddp", {"gpus": 8, "nodes": 2}),
+    "torchrun-lumi": ("torchrun", "lumi", "torch_ddp", {"gpus": 8, "nodes": 2}),  # one torchrun per node
     "mpirun-lumi": ("mpirun", "lumi", "horovod", {"gpus": 2, "nodes": 1}),
     "srun-lumi-cpu": ("srun", "lumi", "torch_ddp", {"gpus": 0}),  # CPU training: 2 ranks, no GPU flag
 }
 
+SIF = "containers/images/demo.sif"
 CH = f"ch-run --set-env -b {WORKDIR} -c {WORKDIR} containers/images/cpu --"
+# How each runtime starts a command (LUMI: --rocm and LUMI's binds; the slurm cluster: --nv, no binds).
+RUN_IN = {
+    ("none", "lumi"): "", ("none", "slurm"): "", ("charliecloud", "lumi"): CH, ("charliecloud", "slurm"): CH,
+    **{(rt, "lumi"): f"{rt} exec --rocm {LUMI_BINDS} {SIF}" for rt in ("apptainer", "singularity")},
+    **{(rt, "lumi-cpu"): f"{rt} exec {LUMI_BINDS} {SIF}" for rt in ("apptainer", "singularity")},
+    **{(rt, "slurm"): f"{rt} exec --nv {SIF}" for rt in ("apptainer", "singularity")},
+    ("none", "lumi-cpu"): "", ("charliecloud", "lumi-cpu"): CH,
+}
+# The inner srun's layout, explicit (the jobstep executor strips SLURM_* variables).
+LUMI_FULL = f"--nodes=2 --ntasks-per-node=8 --cpus-per-task=7 --cpu-bind={LUMI_MASK}"
+
+
+def host(backend: str, nodes: int, runtime: str, cluster: str = "lumi") -> str:
+    """The host side of a multi-rank Slurm launch: slurm_launch.py with the rendezvous, MPI and cache settings."""
+    cache = ["--cache-dir", "/tmp"] if cluster.startswith("lumi") else []
+    return shlex.join([sys.executable, str(SLURM_LAUNCH), "--nodes", str(nodes), "--backend", backend, "--mpi", "auto",
+                       "--runtime", json.dumps(shlex.split(runtime)), *cache, "--"])
+
+
+def slurm_lines(runtime: str) -> dict:
+    lumi, slurm, cpu = (" ".join(filter(None, [RUN_IN[runtime, c]])) for c in ("lumi", "slurm", "lumi-cpu"))
+
+    def join(*words):
+        return " ".join(word for word in words if word)
+
+    return {
+        (runtime, "srun-lumi"): join(host("horovod", 2, lumi), "srun", LUMI_FULL, lumi, "python -m demo.train --backend horovod"),
+        (runtime, "srun-slurm"): join(host("torch_ddp", 2, slurm, "slurm"), "srun --nodes=2 --ntasks-per-node=8 "
+                                      "--cpus-per-task=10", slurm, "python -m demo.train --backend torch_ddp"),
+        (runtime, "torchrun-lumi"): join(host("torch_ddp", 2, lumi), "srun --nodes=2 --ntasks-per-node=1 "
+                                         "--cpus-per-task=56", lumi, "torchrun --nnodes=2 --nproc-per-node=8 "
+                                         "--rdzv-backend=c10d -m demo.train --backend torch_ddp"),
+        (runtime, "mpirun-lumi"): join(host("horovod", 1, lumi), "mpirun -np 2 --bind-to none", lumi,
+                                       "python -m demo.train --backend horovod"),
+        (runtime, "srun-lumi-cpu"): join(host("torch_ddp", 1, cpu), "srun --nodes=1 --ntasks-per-node=2 "
+                                         "--cpus-per-task=1", cpu, "python -m demo.train --backend torch_ddp"),
+    }
+
+
 GOLDEN = {
     ("none", "local-horovod"): "horovodrun -np 2 -H localhost:2 --gloo python -m demo.train --backend horovod",
     ("none", "local-ddp"): "torchrun --standalone --nnodes=1 --nproc-per-node=2 -m demo.train --backend torch_ddp",
-    ("none", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} python -m demo.train --backend horovod",
-    ("none", "srun-slurm"): "srun --ntasks=16 python -m demo.train --backend torch_ddp",
-    ("none", "mpirun-lumi"): "mpirun -np 2 --bind-to none python -m demo.train --backend horovod",
-    ("none", "srun-lumi-cpu"): "srun --ntasks=2 python -m demo.train --backend torch_ddp",
-    # Apptainer / Singularity: one container per rank on Slurm; the local launcher runs inside the image.
+    # Apptainer / Singularity / Charliecloud: the local launcher runs inside the image.
     ("apptainer", "local-horovod"): "apptainer exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 --gloo "
     "python -m demo.train --backend horovod",
     ("apptainer", "local-ddp"): "apptainer exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
     "--nproc-per-node=2 -m demo.train --backend torch_ddp",
-    ("apptainer", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} apptainer exec --rocm {LUMI_BINDS} "
-    "containers/images/demo.sif python -m demo.train --backend horovod",
-    ("apptainer", "srun-slurm"): "srun --ntasks=16 apptainer exec --nv containers/images/demo.sif "
-    "python -m demo.train --backend torch_ddp",
-    ("apptainer", "mpirun-lumi"): f"mpirun -np 2 --bind-to none apptainer exec --rocm {LUMI_BINDS} "
-    "containers/images/demo.sif python -m demo.train --backend horovod",
-    ("apptainer", "srun-lumi-cpu"): f"srun --ntasks=2 apptainer exec {LUMI_BINDS} containers/images/demo.sif "
-    "python -m demo.train --backend torch_ddp",
     ("singularity", "local-horovod"): "singularity exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 "
     "--gloo python -m demo.train --backend horovod",
     ("singularity", "local-ddp"): "singularity exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
     "--nproc-per-node=2 -m demo.train --backend torch_ddp",
-    # LUMI's documented launch: srun --cpu-bind=mask_cpu:... singularity exec --rocm -B <binds> image python ...
-    ("singularity", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec --rocm {LUMI_BINDS} "
-    "containers/images/demo.sif python -m demo.train --backend horovod",
-    ("singularity", "srun-slurm"): "srun --ntasks=16 singularity exec --nv containers/images/demo.sif "
-    "python -m demo.train --backend torch_ddp",
-    ("singularity", "mpirun-lumi"): f"mpirun -np 2 --bind-to none singularity exec --rocm {LUMI_BINDS} "
-    "containers/images/demo.sif python -m demo.train --backend horovod",
-    ("singularity", "srun-lumi-cpu"): f"srun --ntasks=2 singularity exec {LUMI_BINDS} containers/images/demo.sif "
-    "python -m demo.train --backend torch_ddp",
-    # Charliecloud (LRZ practice: mpiexec ... ch-run -b ... image -- python ...): no GPU flag, no LUMI binds.
     ("charliecloud", "local-horovod"): f"{CH} horovodrun -np 2 -H localhost:2 --gloo python -m demo.train "
     "--backend horovod",
     ("charliecloud", "local-ddp"): f"{CH} torchrun --standalone --nnodes=1 --nproc-per-node=2 -m demo.train "
     "--backend torch_ddp",
-    ("charliecloud", "srun-lumi"): f"srun --ntasks=16 --cpu-bind={LUMI_MASK} {CH} python -m demo.train "
-    "--backend horovod",
-    ("charliecloud", "srun-slurm"): f"srun --ntasks=16 {CH} python -m demo.train --backend torch_ddp",
-    ("charliecloud", "mpirun-lumi"): f"mpirun -np 2 --bind-to none {CH} python -m demo.train --backend horovod",
-    ("charliecloud", "srun-lumi-cpu"): f"srun --ntasks=2 {CH} python -m demo.train --backend torch_ddp",
+    # On Slurm, one container per rank (torchrun: per node), started by the launcher from the host, as LUMI
+    # documents: srun --cpu-bind=mask_cpu:... singularity exec --rocm -B <binds> image python ...
+    **{key: line for runtime in ("none", "apptainer", "singularity", "charliecloud")
+       for key, line in slurm_lines(runtime).items()},
 }
 
 
@@ -97,7 +120,7 @@ def launch_line(runtime: str, situation: str, **container) -> str:
                                  project_dir=WORKDIR, check_image=False)
     return training_command(
         launcher=launcher, backend=backend, processes=step.ranks, package="demo", args=[],
-        launcher_options=step.srun_options, container=resolved,
+        layout=step.layout, mpi=config["cluster"]["mpi"], cache_dir=config["cluster"]["cache_dir"], container=resolved,
     )
 
 
@@ -119,22 +142,22 @@ def test_every_runtime_and_launcher_is_pinned():
     [
         # An explicit flavour wins over the cluster's; extra binds follow the cluster's.
         ({"gpu": "cuda", "binds": ["/scratch/project_465000001:/data"]},
-         f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec --nv {LUMI_BINDS} -B /scratch/project_465000001:/data "
-         "containers/images/demo.sif python -m demo.train --backend horovod"),
-        ({"gpu": "none"},
-         f"srun --ntasks=16 --cpu-bind={LUMI_MASK} singularity exec {LUMI_BINDS} containers/images/demo.sif "
-         "python -m demo.train --backend horovod"),
+         f"--nv {LUMI_BINDS} -B /scratch/project_465000001:/data containers/images/demo.sif"),
+        ({"gpu": "none"}, f"{LUMI_BINDS} containers/images/demo.sif"),
     ],
     ids=["cuda-and-extra-bind", "no-gpu-flag"],
 )
 def test_config_overrides_cluster_defaults(container, expected):
-    assert launch_line("singularity", "srun-lumi", **container) == expected
+    runtime = f"singularity exec {expected}"
+    assert launch_line("singularity", "srun-lumi", **container) == (
+        f"{host('horovod', 2, runtime)} srun {LUMI_FULL} {runtime} python -m demo.train --backend horovod")
 
 
 def test_charliecloud_extra_binds():
     line = launch_line("charliecloud", "srun-slurm", binds=["/data/shared"])
-    assert line == (f"srun --ntasks=16 ch-run --set-env -b {WORKDIR} -b /data/shared -c {WORKDIR} containers/images/cpu "
-                    "-- python -m demo.train --backend torch_ddp")
+    runtime = f"ch-run --set-env -b {WORKDIR} -b /data/shared -c {WORKDIR} containers/images/cpu --"
+    assert line == (f"{host('torch_ddp', 2, runtime, 'slurm')} srun --nodes=2 --ntasks-per-node=8 --cpus-per-task=10 "
+                    f"{runtime} python -m demo.train --backend torch_ddp")
 
 
 def test_probe_reports_from_inside_the_container():

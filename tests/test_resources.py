@@ -69,14 +69,15 @@ GOLDEN = {
     },
 }
 
-GOLDEN_LAUNCH = {
+GOLDEN_LAUNCH = {  # the inner srun's layout (after the host-side slurm_launch.py)
     "lumi": {
         "one_gpu": "python -m demo.train --backend horovod",
-        "two_nodes": f"srun --ntasks=16 --cpu-bind={LUMI_MASK} python -m demo.train --backend horovod",
+        "two_nodes": f"srun --nodes=2 --ntasks-per-node=8 --cpus-per-task=7 --cpu-bind={LUMI_MASK} "
+        "python -m demo.train --backend horovod",
     },
     "slurm": {
         "one_gpu": "python -m demo.train --backend horovod",
-        "two_nodes": "srun --ntasks=16 python -m demo.train --backend horovod",
+        "two_nodes": "srun --nodes=2 --ntasks-per-node=8 --cpus-per-task=10 python -m demo.train --backend horovod",
     },
 }
 
@@ -89,9 +90,9 @@ def test_golden_resources_and_launch_line(cluster, rule):
         step = plan(config, rule, resources.ranks(resources.step_needs(config, rule), config["cluster"], 2))
         line = training_command(
             launcher="srun", backend="horovod", processes=step.ranks, package="demo", args=[],
-            launcher_options=step.srun_options,
+            layout=step.layout,
         )
-        assert line == GOLDEN_LAUNCH[cluster][rule]
+        assert line.split(" -- ", 1)[-1] == GOLDEN_LAUNCH[cluster][rule]
 
 
 def test_a_full_node_on_a_shared_partition_is_requested_whole():
@@ -101,7 +102,7 @@ def test_a_full_node_on_a_shared_partition_is_requested_whole():
     step = plan(config, "full_node", ranks=8)
     assert step.request["slurm_partition"] == "small-g"
     assert step.request["slurm_extra"] == "--gpus-per-node=8 --mem-per-gpu=60G --exclusive"
-    assert step.srun_options == [f"--cpu-bind={LUMI_MASK}"]
+    assert step.layout == {"nodes": 1, "tasks_per_node": 8, "cpus_per_task": 7, "cpu_bind": LUMI_MASK}
     line = " ".join(plugin_sbatch_line(step.request).split())
     assert line == (f"sbatch -A {ACCOUNT} -p small-g -t 30 --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 "
                     "--gpus-per-node=8 --mem-per-gpu=60G --exclusive")
@@ -119,11 +120,11 @@ def test_cpu_training_on_slurm_launches_its_own_ranks():
 
 def test_local_runs_ignore_gpus_and_start_the_configured_processes():
     config = config_for(None)
-    assert config["cluster"] == {"name": "local", "scheduler": "local", "launcher": "local", "container": {
+    assert config["cluster"] == {"name": "local", "scheduler": "local", "launcher": "local", "mpi": "auto", "cache_dir": "", "container": {
         "gpu": "none", "apptainer_binds": []}}
     assert resources.ranks(resources.step_needs(config, "one_gpu"), config["cluster"], processes=2) == 2
     step = plan(config, "one_gpu", ranks=2)
-    assert (step.partition, step.request, step.srun_options, step.threads) == (None, {"runtime": 60, "mem_mb": 4000}, [], 2)
+    assert (step.partition, step.request, step.layout, step.threads) == (None, {"runtime": 60, "mem_mb": 4000}, {}, 2)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +274,7 @@ def test_kubernetes_golden(rule, cluster_changes, expected):
     assert step.request == expected
     # Nothing Slurm-only leaks into a Kubernetes run: no account, no partition, no srun options.
     assert resources.account(config["cluster"], {"SBATCH_ACCOUNT": ACCOUNT}) == ""
-    assert (step.partition, step.srun_options) == (None, [])
+    assert (step.partition, step.layout) == (None, {})
 
 
 @pytest.mark.parametrize(

@@ -24,44 +24,36 @@ RULES = ("fetch_data", "prepare_data", "train_model", "evaluate_model")
 LOCAL_RULES = ("start_tracking", "record_provenance", "register_model")
 
 
-# torch DDP ranks started by srun (as on LUMI); Horovod ranks by Open MPI's mpirun inside the allocation,
-# because Debian's Open MPI has no Slurm PMI for srun-started MPI ranks (LUMI's Cray MPICH has).
-VARIANTS = {"torch_ddp": "srun", "horovod": "mpirun"}
+BACKENDS = ("horovod", "torch_ddp")
+# Training spans both nodes of mini-LUMI, two ranks (stand-in GPUs) on each, started by srun as the lumi profile
+# does by default: Horovod's Open MPI ranks get srun --mpi=pmix, found by the launch itself (cluster.mpi: auto).
+TRAIN_RESOURCES = {"gpus": 2, "nodes": 2, "runtime": 30}
 
 
 def cluster_env(cluster) -> dict[str, str]:
     path = os.pathsep.join([str(cluster.bin_dir), str(BIN_DIR), os.environ["PATH"]])
-    return {
-        **cluster.env,
-        "PATH": path,
-        # Open MPI refuses to start as root unless told; CI runs as root.
-        "OMPI_ALLOW_RUN_AS_ROOT": "1",
-        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-        # mini-LUMI's nodes are named nid001/nid002 but all live on this host, so Open MPI's Slurm integration
-        # takes its own node for a remote one and waits on an srun for its daemon. Ranks start on the allocated
-        # node without it (on a real cluster, keep Open MPI's Slurm integration).
-        "OMPI_MCA_plm": "^slurm",
-        "OMPI_MCA_ras": "^slurm",
-    }
+    # Open MPI refuses to start as root unless told; CI runs as root.
+    return {**cluster.env, "PATH": path, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def lumi_run(request, slurm_cluster, tmp_path_factory):
-    backend = request.param
-    project = generate(
-        tmp_path_factory.mktemp("slurm"), cluster="lumi", slurm_account=ACCOUNT, training_backend=backend
-    )
+def configure(project, **train_resources) -> None:
+    """The settings a user edits in config/config.yaml for a small two-node run."""
     config_path = project / "config/config.yaml"
     config = yaml.safe_load(config_path.read_text())
-    # Two (stand-in) GPUs on one small-g node: two training ranks started by srun.
-    config["resources"]["train_model"] = {"gpus": 2, "nodes": 1, "runtime": 30}
+    config["resources"]["train_model"] = {**TRAIN_RESOURCES, **train_resources}
     config["resources"]["default"]["mem_mb"] = 2000
-    config["train"]["hyperparameters"]["epochs"] = 10
+    config["train"]["hyperparameters"]["epochs"] = 8
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    # The launcher is the cluster description's (srun); Horovod here needs mpirun (see VARIANTS).
-    launcher = [] if VARIANTS[backend] == "srun" else ["--config", f"cluster={{launcher: {VARIANTS[backend]}}}"]
-    command = ["snakemake", "--profile", "profiles/lumi", *launcher]
-    result = run(command, project, timeout=900, **cluster_env(slurm_cluster))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def lumi_run(request, slurm_cluster, tmp_path_factory):
+    slurm_cluster.require_isolation()
+    project = generate(
+        tmp_path_factory.mktemp("slurm"), cluster="lumi", slurm_account=ACCOUNT, training_backend=request.param
+    )
+    configure(project)
+    result = run(["snakemake", "--profile", "profiles/lumi"], project, timeout=900, **cluster_env(slurm_cluster))
     return project, result, slurm_cluster
 
 
@@ -106,27 +98,30 @@ def test_cpu_steps_got_one_task_one_cpu(lumi_run):
         assert "gres/gpu" not in job["AllocTRES"]
 
 
-def test_training_ran_two_ranks_on_two_gpus(lumi_run):
+def test_training_ran_two_ranks_on_each_of_two_nodes(lumi_run):
     project, _, cluster = lumi_run
-    rows = sacct(cluster, slurm_job_ids(project)["train_model"], "JobID,JobName,NTasks,AllocCPUS,AllocTRES")
+    rows = sacct(cluster, slurm_job_ids(project)["train_model"], "JobID,JobName,NTasks,NNodes,NodeList,AllocCPUS,AllocTRES")
     allocation = rows[0]
-    assert "gres/gpu=2" in allocation["AllocTRES"]
-    assert allocation["AllocCPUS"] == "14"  # 2 tasks x 7 CPUs per GPU, as on LUMI
+    assert allocation["Partition"] == "standard-g" and allocation["NNodes"] == "2", allocation
+    assert "gres/gpu=4" in allocation["AllocTRES"], allocation
+    # The srun step that started the ranks: 4 tasks on both nodes.
+    assert any(row["NTasks"] == "4" and row["NodeList"] == "nid[001-002]" for row in rows[1:]), rows
     log = (project / "logs/train_model.log").read_text()
-    assert "on 2 rank(s)" in log
+    assert "on 4 rank(s)" in log
+    # Each node reports its ranks (from inside the ranks), and the rendezvous is the first node's own address.
+    assert "node nid001: 2 of 4 rank(s)" in log and "node nid002: 2 of 4 rank(s)" in log, log[-3000:]
+    address = cluster.node_address("nid001")
+    assert re.search(rf"rendezvous: MASTER_ADDR={re.escape(address)} \(first node nid001\) MASTER_PORT=1\d{{4}}", log), log[:2000]
     backend = yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
-    if VARIANTS[backend] == "srun":
-        assert any(row["NTasks"] == "2" for row in rows[1:]), rows  # the srun step that started the ranks
+    if backend == "horovod":
+        assert "mpi: Horovod's MPI needs srun --mpi=pmix (detected; cluster.mpi: auto)" in log, log[:2000]
     history = json.loads((project / "results/model/history.json").read_text())
-    assert history["world_size"] == 2
-    # mini-LUMI's GPUs are stand-in files: Slurm allocates them, torch sees none, and the ranks train on the CPU.
+    assert history["world_size"] == 4
+    # mini-LUMI's GPUs are stand-in files: Slurm allocates them, torch sees none, and the ranks train on the CPU,
+    # warning once per node, as on a real node whose container lacks --rocm.
     assert history["device"] == "cpu"
-    if VARIANTS[backend] == "srun":
-        # srun's step sets SLURM_GPUS_ON_NODE, so the ranks warn about it, as on a real node whose container lacks
-        # --rocm. (An mpirun-started job gets no such variable here: the Slurm plugin drops SLURM_* variables for
-        # MPI jobs, and the stand-in GPUs set no *_VISIBLE_DEVICES.)
-        assert "WARNING: training on the CPU although GPUs were allocated (SLURM_GPUS_ON_NODE=2)" in log, log[-3000:]
-    assert history["backend"] == yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
+    assert log.count("WARNING: training on the CPU although GPUs were allocated") == 2, log[-3000:]
+    assert history["backend"] == backend
     assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
 
 
@@ -137,12 +132,7 @@ def test_efficiency_report_lists_the_jobs(lumi_run):
     project, _, _ = lumi_run
     (report,) = (project / "logs/slurm").glob("efficiency_report_*.csv")
     rows = list(csv.DictReader(report.open()))
-    ids = slurm_job_ids(project)
-    backend = yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
-    if VARIANTS[backend] == "mpirun":
-        # The report lists job steps; ranks started by mpirun (Open MPI's own daemons) make no Slurm step.
-        ids.pop("train_model")
-    jobs = set(ids.values())
+    jobs = set(slurm_job_ids(project).values())
     assert jobs <= {row["JobID"].split(".")[0] for row in rows}, rows  # every step's Slurm job
     assert all(0 <= float(row["CPU Efficiency (%)"]) for row in rows if row["JobID"] in jobs), rows
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
-from smkml.launch import training_command
+from smkml.launch import SLURM_LAUNCH, training_command
 
 from conftest import TEMPLATE_DIR, generate, run
 
@@ -51,11 +52,12 @@ PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz",
         ("local", "horovod", 1,
          "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("mpirun", "horovod", 2,
-         "mpirun -np 2 --bind-to none python -m demo.train --backend horovod "
+         f"{sys.executable} {SLURM_LAUNCH} --nodes 1 --backend horovod --mpi auto --runtime '[]' -- mpirun -np 2 --bind-to none python -m demo.train --backend horovod "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("srun", "horovod", 1,
          "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("srun", "torch_ddp", 16,
+         f"{sys.executable} {SLURM_LAUNCH} --nodes 1 --backend torch_ddp --mpi auto --runtime '[]' -- "
          "srun --ntasks=16 python -m demo.train --backend torch_ddp "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
     ],
@@ -67,7 +69,8 @@ def test_training_command_golden(launcher, backend, processes, expected):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"launcher": "mpiexec"}, "launcher 'mpiexec' is not supported (allowed: local, srun, mpirun)"),
+        ({"launcher": "mpiexec"}, "launcher 'mpiexec' is not supported (allowed: local, srun, torchrun, mpirun)"),
+        ({"launcher": "torchrun"}, "launcher 'torchrun' starts torch DDP ranks only (backend 'horovod': use srun or mpirun)"),
         ({"backend": "deepspeed"}, "backend 'deepspeed' is not supported (allowed: horovod, torch_ddp)"),
         ({"processes": 0}, "processes must be at least 1, got 0"),
     ],

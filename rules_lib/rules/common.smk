@@ -89,7 +89,7 @@ RUN_CONFIG = json.dumps(
 
 # step("rule", ranks=N): the step of a rule planned once for CLUSTER (its partition chosen there), with `.threads`
 # (cores for all its ranks; the pod's CPU on Kubernetes), `.resources` (in the scheduler's terms, growing with each
-# retry, which the cluster profiles allow) and `.srun_options`.
+# retry, which the cluster profiles allow) and `.layout`.
 step = functools.cache(
     functools.partial(vocabulary.Step.plan, config, account=SLURM_ACCOUNT)
 )

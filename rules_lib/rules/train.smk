@@ -29,7 +29,9 @@ rule train_model:
             backend=config["train"]["backend"],
             processes=TRAIN.ranks,
             package=PACKAGE,
-            launcher_options=TRAIN.srun_options,
+            layout=TRAIN.layout,
+            mpi=CLUSTER["mpi"],
+            cache_dir=CLUSTER["cache_dir"],
             container=TRAIN_CONTAINER,
             args=[
                 "--train",

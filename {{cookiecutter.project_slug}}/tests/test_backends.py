@@ -25,6 +25,32 @@ def test_ddp_environment_from_slurm():
     assert env["MASTER_ADDR"] == "nid001" and env["MASTER_PORT"] == "29500"
 
 
+def test_ddp_environment_from_an_srun_step():
+    """What srun sets for each task of its step, also when the job's own SLURM_* variables were stripped."""
+    env = backends.ddp_environment(
+        {"SLURM_PROCID": "2", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+         "SLURM_STEP_TASKS_PER_NODE": "2,1", "MASTER_ADDR": "10.1.0.11", "MASTER_PORT": "11234"}
+    )
+    assert (env["RANK"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["MASTER_PORT"]) == ("2", "0", "1", "11234")
+
+
+def test_ranks_on_several_nodes_without_a_rendezvous_stop_with_an_error():
+    with pytest.raises(SystemExit, match="4 ranks on several nodes .2 on this one. but no MASTER_ADDR"):
+        backends.ddp_environment({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+                                  "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"})
+
+
+def test_ranks_on_one_node_meet_at_loopback():
+    env = backends.ddp_environment({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1",
+                                    "SLURM_STEP_TASKS_PER_NODE": "2"})
+    assert (env["LOCAL_WORLD_SIZE"], env["MASTER_ADDR"]) == ("2", "127.0.0.1")
+
+
+@pytest.mark.parametrize("spec, node, expected", [("8(x2)", 1, 8), ("2,1", 1, 1), ("3(x2),1", 2, 1), ("", 0, None)])
+def test_tasks_on_node(spec, node, expected):
+    assert backends.tasks_on_node(spec, node) == expected
+
+
 def test_ddp_environment_single_process_defaults():
     env = backends.ddp_environment({})
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")

@@ -2,8 +2,10 @@
 
 This is the one place that decides how ranks are started and where they run. Each layer is chosen in one place:
 
-    launcher   the cluster description the profile loads (`cluster.launcher`): local (horovodrun/torchrun), srun or
-               mpirun inside a Slurm job; without a cluster profile, local
+    launcher   the cluster description the profile loads (`cluster.launcher`): local (horovodrun/torchrun); srun,
+               torchrun (per node, started by srun) or mpirun inside a Slurm job; without a cluster profile, local.
+               A multi-rank Slurm launch starts with slurm_launch.py on the host: rendezvous address and port from
+               the allocation, srun's MPI plugin for Horovod, per-job caches
     runtime    config/config.yaml `container:` (runtime, image, gpu, binds), with per-cluster defaults (GPU flavour,
                host binds) from the cluster description (`cluster.container`)
     python     `python -m <package>.train --backend <train.backend>`
@@ -16,7 +18,9 @@ The allowed launchers, backends, runtimes and GPU flavours are the schema's (wor
 
 from __future__ import annotations
 
+import json
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,25 +112,59 @@ def runtime_prefix(container: dict | None) -> list[str]:
     return ["ch-run", "--set-env", "-b", workdir, *binds, "-c", workdir, image, "--"]
 
 
-def launcher_prefix(launcher: str, backend: str, processes: int, options: Sequence[str] = ()) -> list[str]:
-    """The words that start `processes` ranks of the command that follows (`options`: extra srun options)."""
+SLURM_LAUNCH = Path(__file__).with_name("slurm_launch.py")
+
+
+def srun_layout(layout: dict | None, processes: int) -> list[str]:
+    """srun options placing `processes` ranks as `layout` says (from resources.Step.layout).
+
+    Explicit, because the Slurm jobstep executor strips SLURM_* variables before the step's command runs: without
+    them an inner srun knows only the job id, not how many tasks go on each node or how many CPUs each one gets.
+    """
+    if not layout:
+        return [f"--ntasks={processes}"]
+    options = [f"--nodes={layout['nodes']}", f"--ntasks-per-node={layout['tasks_per_node']}",
+               f"--cpus-per-task={layout['cpus_per_task']}"]
+    return [*options, f"--cpu-bind={layout['cpu_bind']}"] if layout.get("cpu_bind") else options
+
+
+def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | None = None) -> tuple[list[str], list[str]]:
+    """(words before the container, words after it) that start `processes` ranks of the Python that follows."""
     _check("launcher", launcher, LAUNCHERS)
     _check("backend", backend, BACKENDS)
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
+    if launcher == "torchrun" and backend != "torch_ddp":
+        raise ValueError(f"launcher 'torchrun' starts torch DDP ranks only (backend '{backend}': use srun or mpirun)")
+    if processes == 1:
+        return [], []  # one rank runs in the executor's own job step (or process): nothing to start
     if launcher == "srun":
-        # Inside a Slurm allocation: srun starts one rank per task; rank, size and rendezvous come from SLURM_*.
-        # One rank already runs inside the executor's own job step: no nested srun.
-        return ["srun", f"--ntasks={processes}", *options] if processes > 1 else []
+        # One rank per task; rank and size from SLURM_* (DDP) or the PMI (Horovod), the rendezvous from outside.
+        return ["srun", *srun_layout(layout, processes)], []
+    if launcher == "torchrun":
+        # One torchrun per node (started by srun), each starting that node's ranks; c10d rendezvous at the first node.
+        layout = layout or {"nodes": 1, "tasks_per_node": processes, "cpus_per_task": 1}
+        per_node = int(layout["tasks_per_node"])
+        node = {"nodes": layout["nodes"], "tasks_per_node": 1, "cpus_per_task": per_node * int(layout["cpus_per_task"])}
+        torchrun = ["torchrun", f"--nnodes={layout['nodes']}", f"--nproc-per-node={per_node}", "--rdzv-backend=c10d"]
+        return ["srun", *srun_layout(node, processes)], torchrun
     if launcher == "mpirun":
         # Inside a Slurm allocation, Open MPI's mpirun starts the ranks on the allocated nodes (Horovod with an MPI
         # that lacks Slurm PMI, as Debian's). Rank and size reach Horovod through MPI, DDP through OMPI_COMM_WORLD_*.
-        return ["mpirun", "-np", str(processes), "--bind-to", "none", *options] if processes > 1 else []
-    if processes == 1:
-        return []
+        return ["mpirun", "-np", str(processes), "--bind-to", "none"], []
     if backend == "horovod":
-        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo"]
-    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}"]
+        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo"], []
+    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}"], []
+
+
+def slurm_launch_prefix(
+    backend: str, layout: dict | None, mpi: str, runtime: Sequence[str], cache_dir: str
+) -> list[str]:
+    """The host-side start of a multi-rank Slurm launch (slurm_launch.py: rendezvous, srun's MPI, per-job caches)."""
+    nodes = int(layout["nodes"]) if layout else 1
+    caches = ["--cache-dir", cache_dir] if cache_dir else []
+    return [sys.executable, str(SLURM_LAUNCH), "--nodes", str(nodes), "--backend", backend, "--mpi", mpi,
+            "--runtime", json.dumps(list(runtime)), *caches, "--"]
 
 
 def training_command(
@@ -136,18 +174,27 @@ def training_command(
     processes: int,
     package: str,
     args: Sequence[str],
-    launcher_options: Sequence[str] = (),
+    layout: dict | None = None,
+    mpi: str = "auto",
+    cache_dir: str = "",
     container: dict | None = None,
 ) -> str:
-    """A shell-quoted command line that trains with `processes` ranks (in `container`, from resolve_container)."""
-    prefix = launcher_prefix(launcher, backend, processes, launcher_options)
-    if prefix[:1] == ["torchrun"]:
-        python = ["-m", f"{package}.train"]
-    else:
-        python = ["python", "-m", f"{package}.train"]
+    """A shell-quoted command line that trains with `processes` ranks (in `container`, from resolve_container).
+
+    `layout` places the ranks of a Slurm launch (resources.Step.layout); `mpi` and `cache_dir` are the cluster
+    description's (see slurm_launch.py, which runs first on the host for every multi-rank Slurm launch).
+    """
+    before, after = launcher_prefix(launcher, backend, processes, layout)
+    module = ["-m", f"{package}.train"]
+    python = module if after[:1] == ["torchrun"] or before[:1] == ["torchrun"] else ["python", *module]
     runtime = runtime_prefix(container)
-    # Slurm launchers start one container per rank; local launchers run inside the container.
-    layers = [*runtime, *prefix] if launcher == "local" else [*prefix, *runtime]
+    if launcher == "local":
+        # Local launchers are Python programs of the image: they run inside the container.
+        layers = [*runtime, *before]
+    else:
+        # Slurm launchers start one container per rank (torchrun: per node), from the host.
+        host = slurm_launch_prefix(backend, layout, mpi, runtime, cache_dir) if before else []
+        layers = [*host, *before, *runtime, *after]
     return shlex.join([*layers, *python, "--backend", backend, *args])
 
 

@@ -159,14 +159,19 @@ class Step:
         return grow_with_attempts(self.request, limit)
 
     @property
-    def srun_options(self) -> list[str]:
-        """Options for the srun that starts the ranks inside the allocation (LUMI: the CPU-binding mask, on a
-        full node)."""
-        if self.partition is None or not self.needs["gpus"]:
-            return []
+    def layout(self) -> dict:
+        """Where the ranks of a Slurm step sit: nodes, tasks per node, CPUs per task and (LUMI, on a full node) the
+        CPU-binding mask; empty off Slurm. The inner srun gets all of it explicitly (launch.srun_layout)."""
+        if self.partition is None:
+            return {}
+        needs = self.needs
+        if not needs["gpus"]:
+            return {"nodes": 1, "tasks_per_node": max(1, int(self.ranks)), "cpus_per_task": int(needs["cpus"])}
         binding = self.cluster["gpu"].get("cpu_bind")
-        full_node = self.needs["gpus"] == self.cluster["partitions"][self.partition]["gpus_per_node"]
-        return [f"--cpu-bind={binding}"] if binding and full_node else []
+        full_node = needs["gpus"] == self.cluster["partitions"][self.partition]["gpus_per_node"]
+        layout = {"nodes": int(needs["nodes"]), "tasks_per_node": int(needs["gpus"]),
+                  "cpus_per_task": int(self.cluster["gpu"]["cpus_per_gpu"])}
+        return {**layout, "cpu_bind": binding} if binding and full_node else layout
 
 
 def slurm_resources(step: Step) -> dict:

@@ -1,7 +1,8 @@
 """Distributed training backends behind one small interface.
 
 A backend learns rank, size and rendezvous from the environment its launcher created:
-`horovodrun`/`mpirun`/`srun` for Horovod, `torchrun` or `srun` (SLURM_* variables) for torch DDP.
+`horovodrun`/`mpirun`/`srun --mpi=...` for Horovod, `torchrun`, `mpirun` or `srun` (SLURM_* variables) for torch DDP;
+the rendezvous of ranks on several nodes (MASTER_ADDR, MASTER_PORT) is set from outside.
 Started without a launcher, both run as a single process.
 
 Each rank trains on one device: GPU `local_rank` (modulo the GPUs it can see) when torch sees a GPU (ROCm builds
@@ -174,26 +175,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _first_node_address(environ: dict[str, str]) -> str | None:
-    """Address of the first node of a multi-node Slurm allocation (the DDP rendezvous host)."""
-    nodelist = environ.get("SLURM_JOB_NODELIST")
-    if not nodelist or environ.get("SLURM_JOB_NUM_NODES", "1") == "1":
-        return None
-    import subprocess
-
-    try:
-        first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True, timeout=30).stdout.split()[0]
-        node = subprocess.run(["scontrol", "show", "node", "-o", first], capture_output=True, text=True,
-                              check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-    fields = dict(item.split("=", 1) for item in node.split() if "=" in item)
-    return fields.get("NodeAddr", first)
+def tasks_on_node(spec: str, node: int) -> int | None:
+    """Tasks on node `node` of a Slurm tasks-per-node spec such as `2(x2),1` (None when it does not say)."""
+    counts: list[int] = []
+    for part in filter(None, spec.split(",")):
+        count, _, times = part.partition("(x")
+        if not count.isdigit():
+            return None
+        counts += [int(count)] * (int(times.rstrip(")")) if times else 1)
+    return counts[node] if 0 <= node < len(counts) else None
 
 
 def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
-    """The torch.distributed variables, from torchrun's, Slurm's, or single-process defaults."""
+    """The torch.distributed variables, from torchrun's, Open MPI's or Slurm's, or single-process defaults.
+
+    The rendezvous (MASTER_ADDR, MASTER_PORT) of ranks on several nodes comes from outside: the training rule works
+    it out on the host from the allocation (containers have no Slurm tools). Without it such ranks stop with an
+    error; a rendezvous at 127.0.0.1 would only reach the ranks of one node.
+    """
     if "RANK" in environ and "WORLD_SIZE" in environ:
         env = {key: environ[key] for key in ("RANK", "WORLD_SIZE") if key in environ}
         env["LOCAL_RANK"] = environ.get("LOCAL_RANK", "0")
@@ -206,18 +205,28 @@ def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
             "LOCAL_WORLD_SIZE": environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"),
         }
     elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+        # srun sets these for every task of its step, also when the job's own SLURM_* variables were stripped.
+        local = tasks_on_node(environ.get("SLURM_STEP_TASKS_PER_NODE", ""), int(environ.get("SLURM_NODEID", "0")))
         env = {
             "RANK": environ["SLURM_PROCID"],
             "WORLD_SIZE": environ["SLURM_NTASKS"],
             "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
-            "LOCAL_WORLD_SIZE": environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+            "LOCAL_WORLD_SIZE": str(local or environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]),
         }
     else:
         env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
-    env["MASTER_ADDR"] = environ.get("MASTER_ADDR") or _first_node_address(environ) or "127.0.0.1"
-    env["MASTER_PORT"] = environ.get("MASTER_PORT") or str(
-        29500 if env["WORLD_SIZE"] != "1" else _free_port()
-    )
+    several = env["WORLD_SIZE"] != "1"
+    if environ.get("MASTER_ADDR"):
+        env["MASTER_ADDR"] = environ["MASTER_ADDR"]
+    elif several and int(env["LOCAL_WORLD_SIZE"]) < int(env["WORLD_SIZE"]):
+        raise SystemExit(
+            f"torch DDP: {env['WORLD_SIZE']} ranks on several nodes ({env['LOCAL_WORLD_SIZE']} on this one) but no "
+            "MASTER_ADDR: start them with the project's launch (snakemake --profile ...), which sets MASTER_ADDR and "
+            "MASTER_PORT from the allocation's first node, or set both yourself"
+        )
+    else:
+        env["MASTER_ADDR"] = "127.0.0.1"  # every rank on this machine
+    env["MASTER_PORT"] = environ.get("MASTER_PORT") or str(29500 if several else _free_port())
     return env
 
 

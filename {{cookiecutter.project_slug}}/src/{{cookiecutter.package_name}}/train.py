@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -412,8 +413,11 @@ def main(argv: list[str] | None = None) -> None:
     cpus = len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads or max(1, cpus // backend.local_size))
     features, labels = data.load_split(args.train)
-    if backend.device_warning and backend.local_rank == 0:  # once per node
-        print(backend.device_warning, file=sys.stderr, flush=True)
+    if backend.local_rank == 0:  # once per node: where the ranks run
+        print(f"node {socket.gethostname()}: {backend.local_size} of {backend.size} rank(s), from rank {backend.rank}",
+              flush=True)
+        if backend.device_warning:
+            print(backend.device_warning, file=sys.stderr, flush=True)
     if backend.is_root:
         print(
             f"training with {backend.name} on {backend.size} rank(s), global batch "
