@@ -112,7 +112,8 @@ def measure(args, gpus: int, names: list[str], build: dict, workdir: Path) -> No
 
     cpus = len(os.sched_getaffinity(0))
     env = throughput.environment()
-    say(f"{gpus} GPU(s) {names or ''}, {cpus} CPU(s); generating the demo project in {workdir}")
+    where = "no GPU used (--allow-cpu): every case on the CPU" if args.allow_cpu else f"{gpus} GPU(s) {names}"
+    say(f"{where}, {cpus} CPU(s); generating the demo project in {workdir}")
     project = Path(cookiecutter(str(throughput.TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
     env["PYTHONPATH"] = str(project / "src")
     package = project.name.replace("-", "_")
