@@ -163,11 +163,15 @@ def command_for(
     image: Path | None,
     params: dict,
     strong: bool = False,
+    device: str | None = None,
 ) -> str:
     """The case's command, run in the project directory; `data` and `out` are relative to it; `params`: every
-    hyper-parameter training takes (the case sets the batch size)."""
+    hyper-parameter training takes (the case sets the batch size); `device`: training's --device (cpu, gpu), else
+    its default (auto). benchmarks/gpu_figures.py runs the same commands on GPUs."""
     params = {**params, "batch_size": batch_size(case.ranks, strong)}
     args = ["--train", data, "--out-dir", out, "--params", json.dumps(params), "--threads", str(case.threads)]
+    if device:
+        args += ["--device", device]
     command = launch.training_command(
         launcher="local", backend=case.backend, processes=case.ranks, package=package, args=args
     )

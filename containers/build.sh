@@ -6,7 +6,9 @@
 #                  -> containers/images/cpu (a link into ~/.cache/cookiecutter-snakemake-ml/images)
 #   cpu-apptainer  apptainer build containers/images/cpu.sif containers/cpu/horovod-cpu.def
 #   cuda           apptainer build containers/images/cuda.sif containers/cuda/horovod-cuda.def
-#   lumi           apptainer (or singularity) build containers/images/lumi.sif containers/lumi/horovod-rocm.def
+#   lumi           singularity (or apptainer) build containers/images/lumi.sif containers/lumi/horovod-rocm.def, on LUMI:
+#                  it starts from LUMI AI Factory's lumi-multitorch image under /appl/local/laifs/containers/
+#                  (`module load systools` first: LUMI builds unprivileged with proot)
 #   lumi-cotainr   cotainr build containers/images/lumi-cotainr.sif --system=lumi-g (conda env from the lock;
 #                  torch_ddp only: cotainr cannot compile Horovod)
 # Extra options go to the builder (e.g. --fakeroot for apptainer build, --accept-licenses for cotainr).
@@ -22,7 +24,12 @@ variant="$1"; shift
 mkdir -p "$project/containers/images"
 
 apptainer_build() { # image definition [builder options]
-  local builder
+  local builder base
+  # A definition that starts from a local image (LUMI's lumi-multitorch) builds only where that image is.
+  if grep -q -E '^Bootstrap:[[:space:]]*localimage' "$project/$2"; then
+    base=$(sed -n -E 's/^From:[[:space:]]*//p' "$project/$2" | head -1)
+    [ -f "$base" ] || die "variant '$variant' starts from the local image $base (From: in $2), which is not on this machine: build on LUMI, or point From: at an existing lumi-multitorch image (ls /appl/local/laifs/containers/)"
+  fi
   builder=$(command -v apptainer || command -v singularity) \
     || die "variant '$variant' needs apptainer or singularity, and neither is on PATH (on LUMI: singularity is there; elsewhere install Apptainer, or use the 'cpu' variant with Charliecloud)"
   local image="$1" def="$2"; shift 2

@@ -4,10 +4,15 @@
 # containers/horovod/build-horovod.sh as everywhere else, and the build inputs as metadata and labels.
 #
 # Usage (inside the build): install-project.sh --gpu cpu|rocm|cuda --base IMAGE [--torch-index URL] [--python PYTHON]
+#                                             [--system-torch]
 #   --gpu          Horovod's GPU collectives: cpu (Gloo/MPI only), rocm (RCCL), cuda (NCCL)
 #   --base         the base image the definition starts from (recorded, not pulled)
 #   --torch-index  an extra package index with the torch build for this GPU (e.g. PyTorch's ROCm index)
 #   --python       the interpreter the venv is made from (default: python3)
+#   --system-torch use the torch that PYTHON already has (a base image built for the site, e.g. LUMI's
+#                  lumi-multitorch with its RCCL network plugin): the venv sees it (--system-site-packages), the
+#                  lock's torch pins (torch, torchvision, torchaudio, triton) are left out, and the torch version
+#                  used is recorded
 # Expects what the definitions' %files copy to /opt/smkml: requirements.lock, extra-requirements.txt,
 # project/ (pyproject.toml, src/), build-horovod.sh, vendored.json. Writes /opt/venv, /etc/smkml-image.json and
 # labels (APPTAINER_LABELS).
@@ -17,6 +22,7 @@ gpu=""
 base=""
 torch_index=""
 python=python3
+system_torch=0
 die() { echo "install-project: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,7 +30,8 @@ while [ $# -gt 0 ]; do
     --base) base="${2:-}"; shift 2 ;;
     --torch-index) torch_index="${2:-}"; shift 2 ;;
     --python) python="${2:-}"; shift 2 ;;
-    *) die "unknown argument '$1' (allowed: --gpu cpu|rocm|cuda, --base IMAGE, --torch-index URL, --python PYTHON)" ;;
+    --system-torch) system_torch=1; shift ;;
+    *) die "unknown argument '$1' (allowed: --gpu cpu|rocm|cuda, --base IMAGE, --torch-index URL, --python PYTHON, --system-torch)" ;;
   esac
 done
 case "$gpu" in cpu|rocm|cuda) ;; *) die "--gpu '$gpu' is not one of: cpu, rocm, cuda" ;; esac
@@ -36,23 +43,41 @@ done
 # What the image installs besides the lock (setuptools for torch), from containers/extra-requirements.txt.
 EXTRA_REQUIREMENTS=$(sed 's/#.*//' "$src/extra-requirements.txt" | xargs)
 
-"$python" -m venv /opt/venv
+lock="$src/requirements.lock"
+if [ "$system_torch" = 1 ]; then
+  [ -z "$torch_index" ] || die "--system-torch uses the base image's torch: --torch-index makes no sense with it"
+  base_torch=$("$python" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
+    || die "--system-torch: '$python' has no torch; the base image's Python with its torch must be on PATH"
+  echo "install-project: using the base image's torch $base_torch (the lock's torch pins are left out)" >&2
+  "$python" -m venv --system-site-packages /opt/venv
+  lock=$(mktemp)
+  grep -v -i -E '^(torch|torchvision|torchaudio|triton|pytorch-triton-rocm)==' "$src/requirements.lock" > "$lock"
+else
+  "$python" -m venv /opt/venv
+fi
 pip=(/opt/venv/bin/python -m pip install --no-cache-dir)
 [ -z "$torch_index" ] || pip+=(--extra-index-url "$torch_index")
-"${pip[@]}" -r "$src/requirements.lock" $EXTRA_REQUIREMENTS
+"${pip[@]}" -r "$lock" $EXTRA_REQUIREMENTS
 "${pip[@]}" --no-deps "$src/project"
 bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python --cache "$src/wheels"
-/opt/venv/bin/python -m pip check
+if [ "$system_torch" = 1 ]; then
+  # The base image's own packages share the environment; their requirements are theirs to keep.
+  /opt/venv/bin/python -c 'import sys, torch; sys.exit(0 if not torch.__file__.startswith("/opt/venv/") else "torch was installed into /opt/venv over the torch of the base image")'
+  /opt/venv/bin/python -m pip check || echo "install-project: warning: pip check reports conflicts (above) with the base image's packages" >&2
+else
+  /opt/venv/bin/python -m pip check
+fi
 
 lock_sha=$(sha256sum "$src/requirements.lock" | cut -d' ' -f1)
 template_version=$(/opt/venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
   "$src/vendored.json" 2>/dev/null || true)
-/opt/venv/bin/python - "$base" "$gpu" "$lock_sha" "${template_version:-unknown}" "$EXTRA_REQUIREMENTS" <<'PY'
+/opt/venv/bin/python - "$base" "$gpu" "$lock_sha" "${template_version:-unknown}" "$EXTRA_REQUIREMENTS" "$system_torch" <<'PY'
 import datetime, importlib.metadata as md, json, sys
-base, gpu, lock_sha, template_version, extra = sys.argv[1:]
+base, gpu, lock_sha, template_version, extra, system_torch = sys.argv[1:]
 meta = {
     "base": base, "gpu": gpu, "requirements_lock_sha256": lock_sha, "extra_requirements": extra.split(),
     "template_version": template_version, "torch": md.version("torch"), "horovod": md.version("horovod"),
+    "torch_from": "the base image" if system_torch == "1" else "requirements.lock",
     "python": sys.version.split()[0], "recipe": "containers/install-project.sh",
     "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
 }

@@ -1,4 +1,5 @@
-"""The container recipes in containers/: every Apptainer definition parsed (spython), the cotainr environment,
+"""The container recipes in containers/: every Apptainer definition parsed (spython for the docker-based ones; the
+LUMI one, which starts from a local LUMI image spython cannot parse, section by section), the cotainr environment,
 and the build commands' refusals. Building them needs apptainer/singularity/cotainr and (LUMI, CUDA) GPUs, none of
 which this machine has: these tests stop at that boundary; tests/test_container_slurm.py builds and runs the
 Charliecloud CPU image for real.
@@ -10,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,11 +20,12 @@ from spython.main.parse.parsers import SingularityParser
 from conftest import TEMPLATE_DIR, generate, run
 
 CONTAINERS = TEMPLATE_DIR / "containers"
-# variant -> (definition, Horovod GPU flavour, base image, torch index, MPI package)
+# LUMI AI Factory's PyTorch image on LUMI (ROCm, torch, libfabric with CXI, MPICH, aws-ofi-rccl), as the LUMI AI
+# Guide names it; the LUMI definition starts from it and uses its torch and MPICH.
+LUMI_RELEASE = "u24r64f21m43t29-20260225_144743"
+LUMI_BASE = f"/appl/local/laifs/containers/lumi-multitorch-{LUMI_RELEASE}/lumi-multitorch-full-{LUMI_RELEASE}.sif"
+# variant -> (definition, Horovod GPU flavour, base image, torch index, MPI package) of the docker-based definitions
 DEFINITIONS = {
-    "lumi": ("containers/lumi/horovod-rocm.def", "rocm",
-             "rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0",
-             "https://download.pytorch.org/whl/rocm6.4", "libmpich-dev"),
     "cuda": ("containers/cuda/horovod-cuda.def", "cuda", "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04",
              "https://download.pytorch.org/whl/cu128", "libopenmpi-dev"),
     "cpu": ("containers/cpu/horovod-cpu.def", "cpu", "debian:bookworm-slim",
@@ -59,7 +62,7 @@ def test_definition_parses_and_carries_everything(project, variant):
     assert re.search(r"^Bootstrap: docker$", path.read_text(), re.M)
     assert recipe.fromHeader == base
     assert recipe.labels == [
-        f"org.smkml.variant {'lumi-rocm' if variant == 'lumi' else variant}",
+        f"org.smkml.variant {variant}",
         f"org.smkml.recipe {definition}",
         "org.smkml.horovod 0.28.1",
         f"org.opencontainers.image.base.name docker.io/{'library/' if '/' not in base else ''}{base}",
@@ -78,18 +81,72 @@ def test_definition_parses_and_carries_everything(project, variant):
     assert recipe.cmd == 'exec /opt/venv/bin/python "$@"'
 
 
-def test_lumi_definition_sets_lumi_runtime_environment(project):
-    environ = SingularityParser(str(project / DEFINITIONS["lumi"][0])).recipe["spython-base"].environ
-    assert "NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in environ
-    assert "NCCL_NET_GDR_LEVEL=PHB" in environ
-    assert any(line.startswith("MIOPEN_USER_DB_PATH=/tmp/") for line in environ)
+LUMI_DEF = "containers/lumi/horovod-rocm.def"
+
+
+def section_lines(path, name) -> list[str]:
+    """The non-comment lines of a %section (spython parses only docker-bootstrapped definitions)."""
+    lines = [line.strip() for line in sections(path)[name].splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def lumi_environment(path) -> list[str]:
+    return [line.removeprefix("export ") for line in section_lines(path, "environment")]
+
+
+def test_lumi_definition_starts_from_lumi_multitorch_and_keeps_its_torch_and_mpi(project):
+    """The LUMI image is LUMI AI Factory's lumi-multitorch (the RCCL network plugin for Slingshot comes with it) plus
+    the project: its torch is kept (no torch index, no pip torch), no distribution MPI shadows its MPICH."""
+    path = project / LUMI_DEF
+    text = path.read_text()
+    assert re.search(r"^Bootstrap: localimage$", text, re.M)
+    assert re.search(rf"^From: {re.escape(LUMI_BASE)}$", text, re.M)
+    assert section_lines(path, "labels") == [
+        "org.smkml.variant lumi-rocm",
+        f"org.smkml.recipe {LUMI_DEF}",
+        "org.smkml.horovod 0.28.1",
+        f"org.opencontainers.image.base.name {LUMI_BASE}",
+    ]
+    assert section_lines(path, "files") == FILES
+    assert lumi_environment(path)[0] == "PATH=/opt/venv/bin:$PATH"
+    post = " ".join(line.rstrip("\\").strip() for line in sections(path)["post"].splitlines()).strip()
+    assert f"bash /opt/smkml/install-project.sh --gpu rocm --system-torch --python python3 --base {LUMI_BASE}" in post
+    assert "--torch-index" not in post and "download.pytorch.org" not in post
+    for package in ("g++", "cmake", "python3-venv"):
+        assert f" {package} " in f" {post} ", package
+    for package in ("mpich", "libmpich-dev", "openmpi", "libopenmpi-dev"):
+        assert f" {package} " not in f" {post} ", f"{package} would shadow the base image's MPICH"
+    assert "/.singularity.d/env/" in post  # the base image's PATH (its Python with torch) during the build
+    test = sections(path)["test"]
+    assert "import torch, horovod.torch as hvd" in test and "librccl-net" in test
+    assert section_lines(path, "runscript") == ['exec /opt/venv/bin/python "$@"']
+    # The documented checks on LUMI: the bindings module, the CXI provider in RCCL's log.
+    header = text.split("Bootstrap:")[0]
+    for needed in ("module use /appl/local/laifs/modules", "module load lumi-aif-singularity-bindings",
+                   "aws-ofi-rccl", "NCCL_DEBUG=INFO", "module load systools"):
+        assert needed in header, needed
+
+
+def test_lumi_definition_sets_lumi_runtime_defaults_that_the_launch_can_override(project):
+    environ = lumi_environment(project / LUMI_DEF)
+    assert "NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-hsn0,hsn1,hsn2,hsn3}" in environ
+    assert "NCCL_NET_GDR_LEVEL=${NCCL_NET_GDR_LEVEL:-PHB}" in environ
+    # per-job caches are set by the launch; the image only gives a /tmp default
+    assert "MIOPEN_USER_DB_PATH=${MIOPEN_USER_DB_PATH:-/tmp/${USER:-user}-miopen-cache}" in environ
+
+
+def test_install_step_system_torch_mode_keeps_the_base_torch():
+    script = (CONTAINERS / "install-project.sh").read_text()
+    assert '"$python" -m venv --system-site-packages /opt/venv' in script
+    assert "grep -v -i -E '^(torch|torchvision|torchaudio|triton|pytorch-triton-rocm)=='" in script
+    assert '"torch_from": "the base image" if system_torch == "1" else "requirements.lock"' in script
 
 
 def test_install_step_builds_horovod_with_the_shared_script_and_records_inputs():
     script = (CONTAINERS / "install-project.sh").read_text()
     run(["bash", "-n", str(CONTAINERS / "install-project.sh")], TEMPLATE_DIR)
     assert 'bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python' in script
-    assert '"${pip[@]}" -r "$src/requirements.lock"' in script
+    assert 'lock="$src/requirements.lock"' in script and '"${pip[@]}" -r "$lock"' in script
     assert '"${pip[@]}" --no-deps "$src/project"' in script
     assert 'open("/etc/smkml-image.json", "w")' in script
     for label in ("requirements-lock-sha256", "base-image", "template-version", "gpu"):
@@ -109,6 +166,28 @@ def test_install_step_refuses_bad_input(tmp_path, args, message):
     result = run(["bash", str(CONTAINERS / "install-project.sh"), *args], tmp_path, check=False, SMKML_SRC=str(tmp_path))
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def staged_sources(src):
+    """What the definitions' %files copy, as empty stand-ins (the install stops before using them)."""
+    for name in ("requirements.lock", "extra-requirements.txt", "project/pyproject.toml", "build-horovod.sh"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("")
+    (src / "project/src").mkdir()
+
+
+def test_install_step_system_torch_refuses_a_python_without_torch(tmp_path):
+    staged_sources(tmp_path)
+    no_torch = tmp_path / "python3"  # an interpreter that cannot import torch
+    no_torch.write_text("#!/bin/sh\nexit 1\n")
+    no_torch.chmod(0o755)
+    args = ["--gpu", "rocm", "--base", LUMI_BASE, "--system-torch", "--python", str(no_torch)]
+    result = run(["bash", str(CONTAINERS / "install-project.sh"), *args], tmp_path, check=False, SMKML_SRC=str(tmp_path))
+    assert result.returncode == 2
+    assert f"--system-torch: '{no_torch}' has no torch; the base image's Python with its torch must be on PATH" in result.stderr
+    result = run(["bash", str(CONTAINERS / "install-project.sh"), *args, "--torch-index", "https://x"], tmp_path,
+                 check=False, SMKML_SRC=str(tmp_path))
+    assert result.returncode == 2 and "--torch-index makes no sense with it" in result.stderr
 
 
 def test_cotainr_environment_is_the_lock(project, tmp_path):
@@ -131,8 +210,18 @@ def test_cotainr_environment_is_the_lock(project, tmp_path):
     assert meta["template_version"] == json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["_template_version"]
 
 
+def test_lumi_build_off_lumi_names_the_missing_base_image(project):
+    """Off LUMI (no /appl/local/laifs) the build says which image is missing and where to build, before any builder."""
+    if Path(LUMI_BASE).exists():
+        pytest.skip("the LUMI base image is on this machine")
+    result = run(["bash", "containers/build.sh", "lumi"], project, check=False)
+    assert result.returncode == 2
+    assert (f"variant 'lumi' starts from the local image {LUMI_BASE} (From: in {LUMI_DEF}), which is not on this "
+            "machine: build on LUMI") in result.stderr
+
+
 @pytest.mark.skipif(bool(shutil.which("apptainer") or shutil.which("singularity")), reason="a builder is installed")
-@pytest.mark.parametrize("variant", ["cuda", "lumi", "cpu-apptainer"])
+@pytest.mark.parametrize("variant", ["cuda", "cpu-apptainer"])
 def test_build_names_the_missing_builder(project, variant):
     result = run(["bash", "containers/build.sh", variant], project, check=False)
     assert result.returncode == 2

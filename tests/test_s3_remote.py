@@ -1,9 +1,16 @@
-"""The `s3` DVC remote against a real S3 server (moto's server mode), as a user of CSC Allas or any S3 store has it.
+"""The `s3` DVC remote against a real S3 server (moto's server mode), as a user of CSC Allas, LUMI-O or any S3
+store has it.
 
 Generation pushes the data; a clone in a new directory, with no access to the original working tree or its DVC
 cache, fetches it through the pipeline's fetch step and gets the same bytes. Endpoint and credentials stay in the
 environment: neither appears in .dvc/config nor anywhere in the git history. Without credentials, or with a bucket
 that does not exist, the fetch step and the generation stop with a message naming what to set or create.
+
+Two ways of giving DVC the endpoint and keys are run: the AWS_* variables (what CSC's allas-conf and LUMI's
+lumio-conf lead to: keys in ~/.s3cfg, exported), and a named profile in AWS's own files, with the endpoint in the
+profile (what LUMI-O's credentials service at auth.lumidata.eu offers as "aws" configuration). The test server
+stands in for https://a3s.fi and https://lumidata.eu alike; the messages that name a service are checked with the
+real endpoints, before any connection is made.
 """
 
 from __future__ import annotations
@@ -193,3 +200,75 @@ def test_fetch_from_a_missing_remote_directory_names_it(pushed, tmp_path):
     assert result.returncode != 0
     assert f"ERROR: the DVC remote directory {missing} (remote 'storage') does not exist on this machine" in result.stderr
     assert not (clone / "data/raw/digits.csv").exists()
+
+
+# LUMI-O (https://lumidata.eu): the same S3 remote, with the endpoint and keys in a named AWS profile.
+
+LUMI_O_PROFILE = "lumi-465000001"
+
+
+def profile_env(s3_server, files) -> dict[str, str]:
+    """A user whose endpoint and keys are in a named profile of AWS's own files (no AWS_* key or endpoint variable),
+    as LUMI-O's credentials service writes them for the aws client; the files live outside the project."""
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "credentials").write_text(
+        f"[{LUMI_O_PROFILE}]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET}\n"
+    )
+    (files / "config").write_text(
+        f"[profile {LUMI_O_PROFILE}]\nendpoint_url = {s3_server['endpoint']}\nregion = us-east-1\n"
+    )
+    return bare_env(AWS_SHARED_CREDENTIALS_FILE=str(files / "credentials"), AWS_CONFIG_FILE=str(files / "config"),
+                    AWS_PROFILE=LUMI_O_PROFILE)
+
+
+def test_lumi_o_profile_generation_push_clone_and_fetch(tmp_path, s3_server):
+    """A LUMI-O user: keys and endpoint from a named AWS profile; push at generation, fetch in a clean clone."""
+    prefix = f"s3://{s3_server['bucket']}/lumi-o-{uuid.uuid4().hex[:8]}/dvc"
+    env = profile_env(s3_server, tmp_path / "aws")
+    result = sh(
+        [str(BIN_DIR / "cookiecutter"), "--no-input", "-o", str(tmp_path / "gen"), str(TEMPLATE_DIR), "dvc_remote=s3",
+         f"dvc_remote_url={prefix}", "project_name=LUMI-O Study", "cluster=lumi"],
+        tmp_path, env,
+    )
+    assert f"pushed the data to {prefix}" in result.stdout
+    project = tmp_path / "gen" / "lumi-o-study"
+    recorded = recorded_md5(project)
+    clone = tmp_path / "clone" / "lumi-o-study"
+    sh(["git", "clone", "--quiet", str(project), str(clone)], tmp_path, bare_env())
+    shutil.rmtree(tmp_path / "gen")  # no working tree or DVC cache left but the bucket's
+
+    fetched = fetch(clone, env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert md5(clone / "data/raw/digits.csv") == recorded
+    assert f"at {s3_server['endpoint']}: bucket reachable, ready to pull" in (clone / "logs/fetch_data.log").read_text()
+    # Neither the keys nor the endpoint nor the profile's files reached the repository.
+    history = sh(["git", "log", "--all", "-p"], clone, bare_env()).stdout
+    for secret in (SECRET, ACCESS_KEY, s3_server["endpoint"], str(tmp_path / "aws")):
+        assert secret not in history and secret not in (clone / ".dvc/config").read_text()
+    assert LUMI_O_PROFILE not in history
+
+
+@pytest.mark.parametrize(
+    "endpoint, named, not_named",
+    [
+        ("https://lumidata.eu", ["https://auth.lumidata.eu", "lumio-conf", "AWS_ENDPOINT_URL=https://lumidata.eu"],
+         ["allas-conf"]),
+        ("https://a3s.fi", ["allas-conf", "AWS_ENDPOINT_URL=https://a3s.fi"], ["lumio-conf"]),
+    ],
+)
+def test_missing_keys_name_the_service_of_the_endpoint(tmp_path, endpoint, named, not_named):
+    """Without keys, the check names how to get them for the service the endpoint belongs to (no connection yet)."""
+    project = tmp_path / "p"
+    project.mkdir()
+    env = bare_env(AWS_ENDPOINT_URL=endpoint)
+    sh(["git", "init", "--quiet"], project, env)
+    sh(["dvc", "init", "--quiet"], project, env)
+    sh(["dvc", "remote", "add", "--default", "storage", "s3://465000001-data/dvc"], project, env)
+    result = sh([str(BIN_DIR / "python"), str(TEMPLATE_DIR / "rules_lib/lib/smkml/dvc_remote.py"), "check", "pull"],
+                project, env, check=False)
+    assert result.returncode == 1
+    assert "ERROR: no S3 credentials for DVC remote 'storage' (s3://465000001-data/dvc)" in result.stderr
+    for text in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *named]:
+        assert text in result.stderr, text
+    for text in not_named:
+        assert text not in result.stderr, text

@@ -10,7 +10,7 @@ variables to set, the endpoint it tried, the bucket to create. It exits 0 when t
 `pull` then runs `dvc pull --force`, or `dvc checkout --force` when the cache already has the data
 (`dvc pull` would contact the remote even then: offline compute nodes, no keys).
 
-S3 remotes (AWS, CSC Allas, any S3-compatible store) take the endpoint and the credentials from the
+S3 remotes (AWS, CSC Allas, LUMI-O, any S3-compatible store) take the endpoint and the credentials from the
 environment, never from the repository: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
 (or a profile in ~/.aws/credentials, AWS_PROFILE). An `endpointurl`/`profile`/`region` set on the remote
 (`dvc remote modify --local storage endpointurl ...`) is honoured, as DVC honours it.
@@ -23,17 +23,54 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-ALLAS_HINT = (
-    "for CSC Allas: `module load allas && allas-conf --mode s3cmd`, then export the keys it wrote to "
-    "~/.s3cfg as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and set AWS_ENDPOINT_URL=https://a3s.fi"
-)
-CREDENTIALS_HINT = (
-    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for storage other than AWS, "
-    f"e.g. https://a3s.fi); {ALLAS_HINT}"
-)
+ALLAS = "https://a3s.fi"
+LUMI_O = "https://lumidata.eu"
+# Where the keys of the two object stores CSC's and LUMI's users have come from, named in every message that asks
+# for keys; a message for a known endpoint names only that service, otherwise both.
+SERVICE_HINTS = {
+    "a3s.fi": (
+        "for CSC Allas: `module load allas && allas-conf --mode s3cmd`, then export the keys it wrote to "
+        f"~/.s3cfg as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and set AWS_ENDPOINT_URL={ALLAS}"
+    ),
+    "lumidata.eu": (
+        "for LUMI-O: create keys at https://auth.lumidata.eu (or `module load lumio && lumio-conf` on LUMI, "
+        "which writes them to ~/.s3cfg), export them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and set "
+        f"AWS_ENDPOINT_URL={LUMI_O}; LUMI-O keys expire after the lifetime chosen when they were created"
+    ),
+}
+
+
+def service_hint(endpoint: str | None) -> str:
+    """How to get keys for the object store at `endpoint` (CSC Allas, LUMI-O), or for both when it is neither."""
+    host = urlsplit(endpoint or "").hostname or ""
+    for domain, hint in SERVICE_HINTS.items():
+        if host == domain or host.endswith("." + domain):
+            return hint
+    return "; ".join(SERVICE_HINTS.values())
+
+
+def credentials_hint(endpoint: str | None) -> str:
+    return (
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for storage other than AWS, "
+        f"e.g. {ALLAS} or {LUMI_O}); {service_hint(endpoint)}"
+    )
+
+
+def configured_endpoint(session, remote: dict) -> str | None:
+    """The endpoint DVC will use as configured (remote, environment, AWS config profile), before any connection."""
+    endpoint = remote.get("endpointurl") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        return endpoint
+    try:
+        scoped = session.get_scoped_config()
+    except Exception:  # e.g. AWS_PROFILE names a profile that does not exist: reported with the credentials
+        return None
+    nested = scoped.get("s3") if isinstance(scoped.get("s3"), dict) else {}
+    return nested.get("endpoint_url") or scoped.get("endpoint_url")
 
 
 class RemoteError(Exception):
@@ -83,12 +120,13 @@ def check_s3(name: str, remote: dict, action: str) -> str:
     url = remote["url"]
     bucket = url[len("s3://") :].split("/", 1)[0]
     session = botocore.session.Session(profile=remote.get("profile") or None)
+    hint = credentials_hint(configured_endpoint(session, remote))
     try:
         credentials = session.get_credentials()
     except BotoCoreError as error:  # e.g. AWS_PROFILE names a profile that does not exist
-        raise RemoteError(f"cannot read S3 credentials for DVC remote '{name}' ({url}): {error}; {CREDENTIALS_HINT}")
+        raise RemoteError(f"cannot read S3 credentials for DVC remote '{name}' ({url}): {error}; {hint}")
     if credentials is None:
-        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {CREDENTIALS_HINT}")
+        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {hint}")
 
     endpoint = remote.get("endpointurl") or None
     client = session.create_client(
@@ -103,11 +141,11 @@ def check_s3(name: str, remote: dict, action: str) -> str:
     except EndpointConnectionError:
         raise RemoteError(
             f"cannot reach the S3 endpoint {where} for DVC remote '{name}' ({url}): check AWS_ENDPOINT_URL "
-            "(CSC Allas: https://a3s.fi) and the network (compute nodes often have no internet: "
+            f"(CSC Allas: {ALLAS}, LUMI-O: {LUMI_O}) and the network (compute nodes often have no internet: "
             "fetch on a login node first, e.g. `snakemake fetch_data` or `dvc pull`)"
         )
     except NoCredentialsError:
-        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {CREDENTIALS_HINT}")
+        raise NoCredentials(f"no S3 credentials for DVC remote '{name}' ({url}): {hint}")
     except ClientError as error:
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket"):
@@ -120,7 +158,7 @@ def check_s3(name: str, remote: dict, action: str) -> str:
             raise RemoteError(
                 f"the S3 endpoint {where} refused the credentials for bucket '{bucket}' ({code}): check "
                 f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and that AWS_ENDPOINT_URL is the right service; "
-                f"{ALLAS_HINT}"
+                f"{service_hint(where)}"
             )
         raise RemoteError(f"S3 endpoint {where} answered {code} for bucket '{bucket}' of DVC remote '{name}': {error}")
     except BotoCoreError as error:
