@@ -3,9 +3,10 @@
 The image is built here without any image registry by the project's own containers/cpu/build-charliecloud.sh
 (Debian root filesystem from apt, the project's requirements.lock and Horovod wheel installed offline, the project
 package, build inputs in /etc/smkml-image.json) and cached under ~/.cache/cookiecutter-snakemake-ml/images, so a
-second run reuses it. Then the pipeline runs with the LUMI profile and `container: runtime: charliecloud`: two
-Horovod ranks started by mpirun inside the Slurm allocation, each in its own `ch-run` container. Checked as a user
-would: the training log reports the image's Python and metadata from inside the image, the command line Snakemake
+second run reuses it. Then the pipeline runs with the LUMI profile and `container: runtime: charliecloud` on both
+nodes of the strict mini-LUMI (a network namespace per node), two ranks per node, once with each backend: srun starts
+each rank in its own `ch-run` container (Horovod's Open MPI gets `--mpi=pmix`, detected inside the image), and the
+rendezvous address is worked out outside the container, which has no Slurm tools. Checked as a user would: the training log reports the image's Python and metadata from inside the image, the command line Snakemake
 printed, sacct's record of the job, and the trained model's accuracy.
 """
 
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from conftest import generate, run
-from test_slurm_pipeline import ACCOUNT, cluster_env, sacct, slurm_job_ids
+from test_slurm_pipeline import ACCOUNT, cluster_env, configure, sacct
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
 
@@ -44,7 +45,9 @@ def ensure_charliecloud() -> None:
 
 def build_image(project: Path) -> tuple[Path, str]:
     """The project's Charliecloud image (built or reused from the cache) and the build script's messages."""
-    result = run(["bash", "containers/cpu/build-charliecloud.sh", "--python", sys.executable], project, timeout=1800,
+    # With Horovod (the image serves both backends); otherwise the script follows config train.backend.
+    result = run(["bash", "containers/cpu/build-charliecloud.sh", "--backend", "horovod", "--python", sys.executable],
+                 project, timeout=1800,
                  USER=os.environ.get("USER", "root"))
     image = Path(result.stdout.strip().splitlines()[-1])
     return image, result.stderr
@@ -52,21 +55,35 @@ def build_image(project: Path) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def container_run(slurm_cluster, tmp_path_factory):
+    """One project trained in its image on both nodes with each backend in turn (the user edits train.backend
+    between the runs: the second run trains and evaluates again, nothing else)."""
+    slurm_cluster.require_isolation()
     ensure_charliecloud()
     project = generate(tmp_path_factory.mktemp("container"), cluster="lumi", slurm_account=ACCOUNT,
                        training_backend="horovod")
     image, build_log = build_image(project)
-    config_path = project / "config/config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["resources"]["train_model"] = {"gpus": 2, "nodes": 1, "runtime": 30}  # two (stand-in) GPUs, 2 ranks
-    config["resources"]["default"]["mem_mb"] = 2000
-    config["train"]["hyperparameters"]["epochs"] = 10
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    # Horovod ranks started by mpirun (Debian's Open MPI has no Slurm PMI), in the Charliecloud image.
-    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster={launcher: mpirun}",
-               "container={runtime: charliecloud, image: containers/images/cpu}"]
-    result = run(command, project, timeout=1200, USER=os.environ.get("USER", "root"), **cluster_env(slurm_cluster))
-    return project, image, build_log, result, slurm_cluster
+    runs = {}
+    for backend in ("horovod", "torch_ddp"):
+        configure(project)
+        config_path = project / "config/config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        config["train"]["backend"] = backend
+        config["container"].update(runtime="charliecloud", image="containers/images/cpu")
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        result = run(["snakemake", "--profile", "profiles/lumi"], project, timeout=1200,
+                     USER=os.environ.get("USER", "root"), **cluster_env(slurm_cluster))
+        runs[backend] = {
+            "output": result.stdout + result.stderr,
+            "log": (project / "logs/train_model.log").read_text(),
+            "job": max(slurm_job_ids_all(project, "train_model"), key=int),
+            "history": json.loads((project / "results/model/history.json").read_text()),
+            "metrics": json.loads((project / "results/metrics.json").read_text()),
+        }
+    return project, image, build_log, runs, slurm_cluster
+
+
+def slurm_job_ids_all(project: Path, rule: str) -> list[str]:
+    return [log.stem for log in (project / f"logs/slurm/rule_{rule}").rglob("*.log")]
 
 
 def test_image_records_its_build_inputs(container_run):
@@ -87,25 +104,42 @@ def test_image_records_its_build_inputs(container_run):
     assert list((image / "opt/venv/lib/python3.11/site-packages").glob("digits_classifier-0.1.0.dist-info"))
 
 
-def test_training_ran_inside_the_image_through_slurm(container_run):
-    project, image, _, result, cluster = container_run
-    # The command Snakemake ran: mpirun starts two ranks, each in its own ch-run container of the image.
-    assert (f"mpirun -np 2 --bind-to none ch-run --set-env -b {project} -c {project} containers/images/cpu -- "
-            "python -m digits_classifier.train --backend horovod") in result.stdout + result.stderr
-    log = (project / "logs/train_model.log").read_text()
+def test_the_image_has_no_slurm_tools(container_run):
+    """As on LUMI: nothing inside the container may need scontrol, srun or squeue."""
+    _, image, _, _, _ = container_run
+    result = subprocess.run(["ch-run", str(image), "--", "sh", "-c", "command -v scontrol srun squeue sbatch; true"],
+                            capture_output=True, text=True, env={**os.environ, "USER": os.environ.get("USER", "root")},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch_ddp"])
+def test_training_ran_inside_the_image_on_both_nodes(container_run, backend):
+    project, image, _, runs, cluster = container_run
+    outcome = runs[backend]
+    # The command Snakemake ran: the host-side launch, then srun starting one ch-run container per rank.
+    runtime = f"ch-run --set-env -b {project} -c {project} containers/images/cpu --"
+    assert (f"srun --nodes=2 --ntasks-per-node=2 --cpus-per-task=7 {runtime} python -m digits_classifier.train "
+            f"--backend {backend}") in outcome["output"]
+    log = outcome["log"]
     # Reported from inside the container: its Python and the image's own metadata (not on the host).
     assert not Path("/etc/smkml-image.json").exists()
     assert "container: charliecloud containers/images/cpu" in log
     assert "container python: /opt/venv/bin/python" in log
     reported = json.loads(log.split("container image: ", 1)[1].split("\n}", 1)[0] + "\n}")
     assert reported == json.loads((image / "etc/smkml-image.json").read_text())
-    assert "on 2 rank(s)" in log
-    rows = sacct(cluster, slurm_job_ids(project)["train_model"], "JobID,Partition,State,AllocTRES")
-    assert rows[0]["State"] == "COMPLETED" and rows[0]["Partition"] == "small-g" and rows[0]["Account"] == ACCOUNT
-    assert "gres/gpu=2" in rows[0]["AllocTRES"]
-    history = json.loads((project / "results/model/history.json").read_text())
-    assert (history["backend"], history["world_size"]) == ("horovod", 2)
-    assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
+    assert "on 4 rank(s)" in log
+    assert "node nid001: 2 of 4 rank(s)" in log and "node nid002: 2 of 4 rank(s)" in log, log[-3000:]
+    assert f"rendezvous: MASTER_ADDR={cluster.node_address('nid001')} (first node nid001)" in log, log[:2000]
+    if backend == "horovod":  # Open MPI in the image: PMIx, found from inside the image
+        assert "mpi: Horovod's MPI needs srun --mpi=pmix (detected; cluster.mpi: auto)" in log, log[:2000]
+    rows = sacct(cluster, outcome["job"], "JobID,Partition,State,AllocTRES,NTasks,NodeList")
+    assert rows[0]["State"] == "COMPLETED" and rows[0]["Partition"] == "standard-g" and rows[0]["Account"] == ACCOUNT
+    assert "gres/gpu=4" in rows[0]["AllocTRES"]
+    assert any(row["NTasks"] == "4" and row["NodeList"] == "nid[001-002]" for row in rows[1:]), rows
+    assert (outcome["history"]["backend"], outcome["history"]["world_size"]) == (backend, 4)
+    assert outcome["metrics"]["accuracy"] >= 0.9
 
 
 def test_provenance_records_the_image_that_ran(container_run):

@@ -57,6 +57,37 @@ def test_full_node_request_runs_16_ranks_on_two_nodes(slurm_cluster):
     assert {ranks[r] for r in range(8)} != {ranks[r] for r in range(8, 16)}
 
 
+def test_each_node_has_its_own_network(slurm_cluster):
+    """As on a real cluster: a service on nid001's 127.0.0.1 is not reachable from nid002, nid001's address is."""
+    slurm_cluster.require_isolation()
+    address = slurm_cluster.node_address("nid001")
+    program = (
+        "import os, socket, time\n"
+        "if os.environ['SLURM_PROCID'] == '0':\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 23456));"
+        " s.listen(); time.sleep(4)\n"
+        "else:\n"
+        "    time.sleep(1)\n"
+        "    for host in ('127.0.0.1', '" + address + "'):\n"
+        "        try:\n"
+        "            socket.create_connection((host, 23456), timeout=2).close(); print(host, 'reached', flush=True)\n"
+        "        except OSError:\n"
+        "            print(host, 'unreachable', flush=True)\n"
+        "print(os.environ['SLURMD_NODENAME'], socket.gethostname(), flush=True)\n"
+    )
+    result = slurm_cluster.run(["srun", "-p", "small", "-A", ACCOUNT, "-N", "2", "--ntasks-per-node=1", "python3", "-c",
+                                program], timeout=120)
+    lines = sorted(result.stdout.splitlines())
+    assert lines == sorted([f"{address} reached", "127.0.0.1 unreachable", "nid001 nid001", "nid002 nid002"]), result.stdout
+
+
+def test_without_separate_networks_multi_node_tests_say_why_they_skip(tmp_path):
+    cluster = MiniLumi(tmp_path / "c")
+    cluster.isolation_problem = "one network namespace per node needs root (ip netns)"
+    with pytest.raises(pytest.skip.Exception, match="mini-LUMI without separate node networks: one network namespace"):
+        cluster.require_isolation()
+
+
 def test_single_gpu_batch_job_is_accounted(slurm_cluster, tmp_path):
     out = tmp_path / "job.out"
     result = slurm_cluster.run(

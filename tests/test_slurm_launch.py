@@ -1,0 +1,156 @@
+"""The host side of a multi-rank Slurm launch (rules_lib/lib/smkml/slurm_launch.py), on the strict mini-LUMI.
+
+What a training job cannot learn inside its container is worked out here, before the ranks start: the rendezvous
+(the first node's own address, a port per job), srun's MPI plugin for Horovod, per-job caches. Checked in real
+jobs: as the Slurm jobstep executor leaves them (SLURM_* stripped but the job id), across both nodes, and with two
+jobs sharing a node.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+from smkml import slurm_launch
+from smkml.launch import SLURM_LAUNCH
+
+from slurm_cluster import ACCOUNT
+
+# A tiny DDP program: every rank joins the rendezvous the launch set, all-reduces its rank, reports where it ran.
+DDP_PROBE = textwrap.dedent(
+    """
+    import os, socket, time, torch, torch.distributed as dist
+    rank, size = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))), int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
+    dist.init_process_group("gloo", init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", rank=rank, world_size=size)
+    total = torch.tensor(float(rank)); dist.all_reduce(total)
+    time.sleep(float(os.environ.get("HOLD", "0")))
+    print(f"rank {rank}/{size} on {socket.gethostname()} sum {int(total)} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
+    dist.destroy_process_group()
+    """
+)
+
+
+def stripped(command: str) -> str:
+    """`command` as the jobstep executor runs it: every SLURM_* variable dropped except the job id."""
+    keep = "SLURM_JOB_ID=$SLURM_JOB_ID SLURM_CONF=$SLURM_CONF"
+    return f"env $(env | grep -o '^SLURM_[A-Z_]*' | sed 's/^/-u /') {keep} {command}"
+
+
+def submit(cluster, tmp_path, name: str, nodes: int, command: str, *options: str) -> str:
+    script = tmp_path / f"{name}.sh"
+    script.write_text(f"#!/bin/bash\nset -e\n{stripped(command)}\n")
+    out = tmp_path / f"{name}.out"
+    result = cluster.run(["sbatch", "--parsable", "-A", ACCOUNT, "-p", "small", "-N", str(nodes), "--ntasks-per-node=2",
+                          "--mem=2000", "-o", str(out), *options, str(script)], timeout=60)
+    return result.stdout.strip().split(";")[0]
+
+
+def wait(cluster, job_ids: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not cluster.run(["squeue", "-h", "-j", ",".join(job_ids)], check=False).stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} still running after {timeout} s\n{cluster.logs()}")
+
+
+def launch(*options: str) -> str:
+    return f"{sys.executable} {SLURM_LAUNCH} {' '.join(options)} --"
+
+
+@pytest.fixture
+def probe(tmp_path):
+    path = tmp_path / "ddp_probe.py"
+    path.write_text(DDP_PROBE)
+    return path
+
+
+def test_ranks_on_both_nodes_meet_at_the_first_nodes_address(slurm_cluster, tmp_path, probe):
+    slurm_cluster.require_isolation()
+    job = submit(slurm_cluster, tmp_path, "two-nodes", 2,
+                 f"{launch('--nodes', '2', '--backend', 'torch_ddp')} srun --nodes=2 --ntasks-per-node=2 "
+                 f"{sys.executable} {probe}")
+    wait(slurm_cluster, [job])
+    out = (tmp_path / "two-nodes.out").read_text()
+    address, port = slurm_cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
+    assert f"rendezvous: MASTER_ADDR={address} (first node nid001) MASTER_PORT={port}" in out, out
+    ranks = sorted(line for line in out.splitlines() if line.startswith("rank "))
+    assert ranks == [f"rank {r}/4 on {'nid001' if r < 2 else 'nid002'} sum 6 at {address}:{port}" for r in range(4)], out
+
+
+def test_torchrun_per_node_across_both_nodes(slurm_cluster, tmp_path, probe):
+    """The torchrun launcher: one torchrun per node (srun), c10d rendezvous at the first node, from PET_* variables."""
+    slurm_cluster.require_isolation()
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    job = submit(slurm_cluster, tmp_path, "torchrun", 2,
+                 f"{launch('--nodes', '2', '--backend', 'torch_ddp')} srun --nodes=2 --ntasks-per-node=1 "
+                 f"{torchrun} --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d {probe}")
+    wait(slurm_cluster, [job])
+    out = (tmp_path / "torchrun.out").read_text()
+    hosts = sorted(line.split(" on ")[1].split()[0] for line in out.splitlines() if line.startswith("rank "))
+    assert hosts == ["nid001", "nid001", "nid002", "nid002"], out
+    assert all(" sum 6 " in line for line in out.splitlines() if line.startswith("rank ")), out
+
+
+def test_two_jobs_on_one_node_do_not_share_a_rendezvous_port(slurm_cluster, tmp_path, probe):
+    jobs = [
+        submit(slurm_cluster, tmp_path, f"job{i}", 1,
+               f"HOLD=5 {launch('--nodes', '1', '--backend', 'torch_ddp')} srun --nodes=1 --ntasks-per-node=2 "
+               f"{sys.executable} {probe}", "-w", "nid001")
+        for i in range(2)
+    ]
+    wait(slurm_cluster, jobs)
+    outs = [(tmp_path / f"job{i}.out").read_text() for i in range(2)]
+    ports = {line.rsplit(":", 1)[1] for out in outs for line in out.splitlines() if line.startswith("rank ")}
+    assert ports == {str(slurm_launch.rendezvous_port(job)) for job in jobs} and len(ports) == 2, outs
+    rows = [slurm_cluster.sacct(job, ["NodeList", "Start", "End"])[0] for job in jobs]
+    assert all(row["State"] == "COMPLETED" and row["NodeList"] == "nid001" for row in rows), rows
+    assert max(row["Start"] for row in rows) < min(row["End"] for row in rows), rows  # they ran at the same time
+
+
+def test_per_job_caches_are_created_and_passed_on(tmp_path):
+    options = slurm_launch.parse(["--cache-dir", str(tmp_path), "--", "true"])
+    command, env, messages = slurm_launch.plan(options, {"SLURM_JOB_ID": "4242", "USER": "ada", "MASTER_ADDR": "10.0.0.1"})
+    folder = tmp_path / "smkml-ada-4242"
+    assert (env["MIOPEN_USER_DB_PATH"], env["TORCH_HOME"], env["HF_HOME"]) == (
+        str(folder / "miopen"), str(folder / "torch"), str(folder / "huggingface"))
+    assert (folder / "miopen").is_dir() and command == ["true"]
+    assert (env["MASTER_PORT"], env["PET_RDZV_ENDPOINT"]) == ("14242", "10.0.0.1:14242")
+
+
+def test_a_multi_node_job_with_a_loopback_first_node_stops_with_an_error():
+    records = {("show", "job", "-o", "77"): "JobId=77 NodeList=nid[001-002] BatchHost=nid001",
+               ("show", "hostnames", "nid[001-002]"): "nid001\nnid002\n",
+               ("show", "node", "-o", "nid001"): "NodeName=nid001 NodeAddr=127.0.0.1 NodeHostName=nid001"}
+    with pytest.raises(slurm_launch.LaunchError, match="spans 2 nodes but its first node nid001 has the loopback"):
+        slurm_launch.rendezvous({"SLURM_JOB_ID": "77"}, 2, run=lambda *args: records[args])
+    # One node: loopback is right.
+    assert slurm_launch.rendezvous({"SLURM_JOB_ID": "77"}, 1, run=lambda *args: records[args])["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_outside_a_slurm_job_the_launch_says_so():
+    with pytest.raises(slurm_launch.LaunchError, match="not inside a Slurm job"):
+        slurm_launch.rendezvous({}, 2)
+
+
+@pytest.mark.parametrize("mpi, expected", [("pmix", ["srun", "--mpi=pmix", "-n2", "x"]), ("none", ["srun", "-n2", "x"])])
+def test_horovod_ranks_get_the_mpi_plugin_right_after_srun(mpi, expected):
+    options = slurm_launch.parse(["--backend", "horovod", "--mpi", mpi, "--", "srun", "-n2", "x"])
+    command, _, messages = slurm_launch.plan(options, {"SLURM_JOB_ID": "5", "MASTER_ADDR": "10.0.0.1"})
+    assert command == expected and f"mpi: srun --mpi={mpi} (cluster.mpi)" in messages
+
+
+def test_auto_finds_the_mpi_horovod_is_linked_against(monkeypatch, tmp_path):
+    """Here Horovod is built on Debian's Open MPI (make env): PMIx. A Python without Horovod: a clear error."""
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_launch.detect_mpi([]) == "pmix"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "python").symlink_to("/usr/bin/python3")
+    monkeypatch.setenv("PATH", f"{bare}{os.pathsep}/usr/bin:/bin")
+    with pytest.raises(slurm_launch.LaunchError, match="mpi: auto found no MPI that Horovod is linked against in the "
+                                                       "workflow's environment"):
+        slurm_launch.detect_mpi([])
