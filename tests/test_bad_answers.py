@@ -154,3 +154,103 @@ def test_template_syntax_typed_at_the_prompt_is_refused(tmp_path):
     assert "ERROR: description \"{{ self.__init__" in output and "contains template syntax" in output, output
     assert not evidence.exists()
     assert list(out.iterdir()) == []
+
+
+# Odd answers that are allowed make a project that works: free text is written as quoted literals (TOML, YAML,
+# Python, reStructuredText), never pasted, and the slug and package name derived from any project name are valid.
+ODD = {
+    "project_name": "Café (Beta): Study # 1 — “quoted” \\ {x}",
+    "author_name": "O'Brien \"Bob\" \\ 😀",
+    "author_email": "o.brien+ml@example.org",
+    "description": 'Says "hi": a # b, {x} *y* `z` $(touch evaluated) \\n; key: value',
+}
+
+
+@pytest.fixture(scope="module")
+def odd_project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("odd"), **ODD)
+
+
+def test_odd_answers_derive_a_valid_slug_and_package(odd_project):
+    assert odd_project.name == "cafe-beta-study-1-quoted-x"
+    assert (odd_project / "src" / "cafe_beta_study_1_quoted_x" / "__init__.py").is_file()
+
+
+def test_odd_answers_are_read_back_unchanged(odd_project):
+    import ast
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((odd_project / "pyproject.toml").read_text())["project"]
+    assert project["description"] == ODD["description"]
+    assert project["authors"] == [{"name": ODD["author_name"], "email": ODD["author_email"]}]
+    init = (odd_project / "src" / "cafe_beta_study_1_quoted_x" / "__init__.py").read_text()
+    assert ast.get_docstring(ast.parse(init)) == f"{ODD['project_name']}: {ODD['description']}"
+    config = yaml.safe_load((odd_project / "config/config.yaml").read_text())
+    assert config["tracking"]["experiment"] == config["tracking"]["registered_model"] == odd_project.name
+    assert yaml.safe_load((odd_project / "MLproject").read_text())["name"] == odd_project.name
+    author = run(["git", "log", "--format=%an <%ae>"], odd_project).stdout.strip()
+    assert author == f"{ODD['author_name']} <{ODD['author_email']}>"
+    assert not (odd_project / "evaluated").exists()
+
+
+def test_odd_answers_make_a_valid_report_description(odd_project):
+    """workflow/description.rst as Snakemake's report renders it (Jinja, then docutils): no warning, the text as given."""
+    import docutils.core
+    import jinja2
+
+    text = jinja2.Template((odd_project / "workflow/description.rst").read_text()).render(
+        snakemake={"config": {"train": {"backend": "horovod"}}}
+    )
+    document = docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2, "report_level": 2})
+    paragraphs = document.astext().splitlines()
+    assert paragraphs[0] == ODD["project_name"]  # the title
+    assert ODD["description"] in paragraphs
+
+
+def test_odd_answers_project_runs(odd_project):
+    dry = run(["snakemake", "-n", "--profile", "profiles/local"], odd_project)
+    assert "train_model" in dry.stdout
+    package = run(["python", "-c", "import cafe_beta_study_1_quoted_x as p; print(p.__doc__)"], odd_project / "src")
+    assert package.stdout.strip() == f"{ODD['project_name']}: {ODD['description']}"
+
+
+@pytest.mark.parametrize("account", ["0123", "null", "1e3", "true"])
+def test_account_that_yaml_would_misread_stays_a_string(tmp_path, account, template_dir):
+    """Written as a quoted YAML string: the cluster description gives the same text back, and the run uses it."""
+    import yaml
+
+    from conftest import project_helper
+
+    project = generate(tmp_path, cluster="slurm", slurm_account=account)
+    description = yaml.safe_load((project / "profiles/slurm/cluster.yaml").read_text())
+    assert description["cluster"]["account"]["value"] == account
+    # As the workflow reads it: the project's config with the profile's cluster description, validated.
+    config = project_helper(project, "schemas").validate(
+        {**yaml.safe_load((project / "config/config.yaml").read_text()), **description}
+    )
+    assert project_helper(project, "resources").account(config["cluster"], environ={}) == account
+
+
+def test_lock_import_names_are_current():
+    """requirements/lock-imports.txt (the names package_name must not take) is what the lock's packages provide."""
+    import template_answers
+
+    assert template_answers.lock_imports() == template_answers.derive_lock_imports(), (
+        "requirements/lock-imports.txt is out of date: run `python template_answers.py --lock-imports`"
+    )
+
+
+def test_failed_generation_leaves_no_dvc_remote_behind(tmp_path):
+    """A failure after the local DVC remote was made (here: git refuses the commit date) removes the project and the
+    remote directory this run created."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(
+        ["cookiecutter", "--no-input", "--output-dir", str(out), str(TEMPLATE_DIR), "project_name=Broken Commit"],
+        tmp_path, check=False, GIT_AUTHOR_DATE="not a date",
+    )
+    assert result.returncode != 0
+    assert "git" in result.stdout + result.stderr
+    assert list(out.iterdir()) == []
