@@ -210,10 +210,13 @@ def _leaves(value, path=()):
 
 
 def template_syntax(answers: dict, template_dir: Path = HERE):
-    """Yield a message per answer holding template syntax that is not the template's own (cookiecutter.json)."""
-    own = {text for _, text in _leaves(json.loads((template_dir / "cookiecutter.json").read_text()))}
+    """Yield a message per answer holding template syntax that is not the template's own default for that key
+    (cookiecutter.json)."""
+    own = {}
+    for path, text in _leaves(json.loads((template_dir / "cookiecutter.json").read_text())):
+        own.setdefault(path, set()).add(text)
     for path, text in _leaves({k: v for k, v in answers.items() if not (k.startswith("_") and not k.startswith("__"))}):
-        if MARKUP.search(text) and text not in own:
+        if MARKUP.search(text) and text not in own.get(path, ()):
             yield (
                 f"{'.'.join(map(str, path))} {text!r} contains template syntax ('{{{{', '{{%' or '{{#'): "
                 "answers are plain text, never evaluated; remove it"

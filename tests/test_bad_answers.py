@@ -127,6 +127,12 @@ def test_template_syntax_in_an_answer_is_refused_and_never_evaluated(tmp_path, k
     assert not evidence.exists(), "the answer was evaluated"
 
 
+def test_the_templates_own_expression_is_refused_as_another_answer(tmp_path):
+    """Only a key's own default in cookiecutter.json may hold template syntax, not a copy of it in another answer."""
+    result = generate_refused(tmp_path, {"description": "{{ cookiecutter.project_name | slug }}"})
+    assert "ERROR: description '{{ cookiecutter.project_name | slug }}' contains template syntax" in result.stdout
+
+
 def test_template_syntax_is_refused_through_the_python_api(tmp_path):
     """The same through cookiecutter's Python API (what pytest-cookies and cruft call): an exception naming the
     answer, the file the expression would write not written, no project directory."""
