@@ -6,6 +6,7 @@ The path-like keys are those the config schema marks as `$ref: "#/$defs/project_
 
 from __future__ import annotations
 
+import shlex
 import shutil
 
 import pytest
@@ -89,12 +90,21 @@ def test_hostile_paths_are_quoted_in_every_command(project):
     notebook = f"notebooks/{HOSTILE}.ipynb"
     processed = f"data/{HOSTILE}"
     reference = f"results/{HOSTILE}.json"
+    raw = f"data/raw/{HOSTILE}.csv"
     shutil.copy(project / "notebooks/prepare.ipynb", project / notebook)
+    shutil.copy(project / "data/raw/digits.csv.dvc", project / f"{raw}.dvc")  # the fetch step's input
     try:
-        set_config(project, **{"data.processed_dir": processed, "prepare.notebook": notebook,
+        set_config(project, **{"data.raw": raw, "data.processed_dir": processed, "prepare.notebook": notebook,
                                "reproduce.reference": reference})
-        dry = run(["snakemake", "-n", "--profile", "profiles/local"], project)
-        assert "prepare_data" in dry.stdout and "train_model" in dry.stdout
+        (project / reference).parent.mkdir(parents=True, exist_ok=True)
+        (project / reference).write_text("{}")
+        dry = run(["snakemake", "-n", "-p", "--profile", "profiles/local", "all", "compare_to_reference"], project)
+        for job in ("fetch_data", "prepare_data", "train_model", "evaluate_model", "compare_to_reference"):
+            assert job in dry.stdout
+        for path in (f"{raw}.dvc", raw, notebook, f"{processed}/train.npz", f"{processed}/test.npz", reference):
+            assert shlex.quote(path) in dry.stdout, f"{path} is not quoted in the commands"
+        # The real run with the DVC-tracked file where its .dvc file says it is.
+        set_config(project, **{"data.raw": "data/raw/digits.csv"})
         real = run(["snakemake", "--profile", "profiles/local", "prepare_data"], project)
         assert (project / processed / "train.npz").is_file(), real.stdout + real.stderr
         assert (project / processed / "test.npz").is_file()
