@@ -26,19 +26,19 @@ from pathlib import Path
 
 PROJECT_DIR = Path.cwd()
 # The template checkout this hook was rendered from (local_extensions.py): a local path or cookiecutter's clone.
-TEMPLATE_DIR = Path({{ template_path() | tojson }})
+TEMPLATE_DIR = Path({{ template_path() | quote }})
 # All answers and cookiecutter's own entries (_template, _repo_dir, _checkout; cruft adds _commit).
 CONTEXT = json.loads({{ cookiecutter | tojson | tojson }})
 RENDERED_BY_CRUFT = "_commit" in CONTEXT
-PACKAGE = {{ cookiecutter.package_name | tojson }}
-SLUG = {{ cookiecutter.project_slug | tojson }}
-CLUSTER = {{ cookiecutter.cluster | tojson }}
-ACCOUNT = {{ cookiecutter.slurm_account | tojson }}
-REMOTE_KIND = {{ cookiecutter.dvc_remote | tojson }}
-REMOTE_URL = {{ cookiecutter.dvc_remote_url | tojson }}
-AUTHOR = {{ cookiecutter.author_name | tojson }}
-EMAIL = {{ cookiecutter.author_email | tojson }}
-TEMPLATE_VERSION = {{ cookiecutter._template_version | tojson }}
+PACKAGE = {{ cookiecutter.package_name | quote }}
+SLUG = {{ cookiecutter.project_slug | quote }}
+CLUSTER = {{ cookiecutter.cluster | quote }}
+ACCOUNT = {{ cookiecutter.slurm_account | quote }}
+REMOTE_KIND = {{ cookiecutter.dvc_remote | quote }}
+REMOTE_URL = {{ cookiecutter.dvc_remote_url | quote }}
+AUTHOR = {{ cookiecutter.author_name | quote }}
+EMAIL = {{ cookiecutter.author_email | quote }}
+TEMPLATE_VERSION = {{ cookiecutter._template_version | quote }}
 RAW_DATA = Path("data/raw/digits.csv")
 # What `cruft update` leaves alone: the project's own state, not template output.
 CRUFT_SKIP = [".git", ".dvc", ".dvcignore", "data", "results", "logs", "mlflow.db", "mlruns", ".snakemake", ".venv"]
@@ -131,7 +131,7 @@ def init_repositories():
     # (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) wherever DVC runs.
     dvc("remote", "add", "--default", "storage", url)
     if REMOTE_KIND != "s3":
-        Path(url).mkdir(parents=True, exist_ok=True)
+        make_remote_dir(Path(url))
     dvc("add", "--quiet", str(RAW_DATA))
     step(f"tracked {RAW_DATA} with DVC; remote 'storage' is {url}")
 
@@ -144,6 +144,18 @@ def init_repositories():
         (PROJECT_DIR / RAW_DATA).unlink()
         shutil.rmtree(PROJECT_DIR / ".dvc" / "cache", ignore_errors=True)
         step("the data now lives on the DVC remote; `snakemake` fetches it with `dvc pull`")
+
+
+# The outermost directory this run created for a local DVC remote: removed again if generation fails, as
+# cookiecutter removes the project directory.
+CREATED = []
+
+
+def make_remote_dir(path):
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    if missing:
+        CREATED.append(missing[-1])
 
 
 def push_data(url):
@@ -244,4 +256,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:
+        for directory in CREATED:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise

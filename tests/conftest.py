@@ -53,8 +53,8 @@ def project_config(profile: str | None = None, **sections) -> dict:
     from smkml import schemas
 
     text = (SKELETON / "config/config.yaml").read_text()
-    text = text.replace("{{ cookiecutter.training_backend }}", choices("training_backend")[0])
-    text = text.replace("{{ cookiecutter.project_slug }}", "demo")
+    text = text.replace("{{ cookiecutter.training_backend | quote }}", json.dumps(choices("training_backend")[0]))
+    text = text.replace("{{ cookiecutter.project_slug | quote }}", json.dumps("demo"))
     config = {**yaml.safe_load(text), **(cluster_description(profile) if profile else {}), **sections}
     return schemas.validate(config)
 

@@ -61,8 +61,9 @@ def test_resource_vocabulary_and_defaults_are_the_schemas():
 
 
 def test_the_hooks_repeat_no_choice_list():
-    """The pre-generation hook leaves choice answers to cookiecutter and reads account formats from profiles/."""
-    hook = (TEMPLATE_DIR / "hooks/pre_gen_project.py").read_text()
+    """The answers' checks (template_answers.py, run again by the pre-generation hook) leave choice answers to
+    cookiecutter and read account formats from profiles/."""
+    hook = (TEMPLATE_DIR / "hooks/pre_gen_project.py").read_text() + (TEMPLATE_DIR / "template_answers.py").read_text()
     for name in ("training_backend", "cluster", "license"):  # (the DVC remote's kinds are handled one by one)
         listed = [choice for choice in choices(name) if f'"{choice}"' in hook]
         assert len(listed) < len(choices(name)), f"pre_gen_project.py lists the {name} choices {listed}"

@@ -67,12 +67,16 @@ AS_MODULE = WORKFLOW_DIR.resolve() != (Path.cwd() / "workflow").resolve()
 LIB_DIR = WORKFLOW_DIR / "lib"
 sys.path.insert(0, str(LIB_DIR))
 from smkml import resources as vocabulary
+from smkml import schemas
 from smkml.jobs import shell_prefix
 from smkml.launch import container_probe, resolve_container, training_command
 
 # Jobs run in the project directory with the package on PYTHONPATH, the MLflow store and SMKML_CLUSTER set.
 shell.prefix(shell_prefix(config))
 
+# Every path from the config stays inside the project (the schema's project_path keys); the shell commands quote
+# them ({input:q}, {output:q}, {params.x:q}), so spaces, quotes, `;` or `$(...)` in a path are only characters.
+schemas.check_paths(config)
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]
 RUN_FILE = "results/mlflow/run.json"

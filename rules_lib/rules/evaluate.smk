@@ -29,7 +29,7 @@ rule evaluate_model:
     message:
         "Evaluating {input.model} on the held-out split"
     shell:
-        "python -m {params.package}.evaluate --model {input.model} --test {input.test} "
-        "--metrics {output.metrics} --table {output.table} "
-        "--confusion-plot {output.confusion} --predictions {output.predictions} "
-        "--run-file {input.run} > {log} 2>&1"
+        "python -m {params.package:q}.evaluate --model {input.model:q} --test {input.test:q} "
+        "--metrics {output.metrics:q} --table {output.table:q} "
+        "--confusion-plot {output.confusion:q} --predictions {output.predictions:q} "
+        "--run-file {input.run:q} > {log:q} 2>&1"

@@ -24,4 +24,4 @@ rule fetch_data:
     message:
         "Pulling {output} from the DVC remote"
     shell:
-        "python {params.fetch} pull {input.dvcfile} > {log} 2>&1 || {{ cat {log} >&2; exit 1; }}"
+        "python {params.fetch:q} pull {input.dvcfile:q} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"

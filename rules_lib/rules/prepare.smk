@@ -31,7 +31,7 @@ rule prepare_data:
     message:
         "Executing {input.notebook} with papermill"
     shell:
-        "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook} "
-        "-p raw_path {input.raw} -p processed_dir {params.processed_dir} "
-        "-p samples_plot {output.samples} -p run_file {input.run} "
-        "-p test_fraction {params.test_fraction} -p seed {params.seed} > {log} 2>&1"
+        "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
+        "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
+        "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
+        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} > {log:q} 2>&1"

@@ -27,6 +27,6 @@ rule compare_to_reference:
     message:
         "Comparing {input.metrics} with the reference {input.reference}"
     shell:
-        "python -m {params.package}.reproduce compare --reference {input.reference} --metrics {input.metrics} "
-        "--tolerances {params.tolerances:q} --out-json {output.json} --out-html {output.html} "
-        "> {log} 2>&1"
+        "python -m {params.package:q}.reproduce compare --reference {input.reference:q} --metrics {input.metrics:q} "
+        "--tolerances {params.tolerances:q} --out-json {output.json:q} --out-html {output.html:q} "
+        "> {log:q} 2>&1"

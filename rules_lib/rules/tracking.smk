@@ -32,8 +32,8 @@ rule start_tracking:
     message:
         "Creating the pipeline's MLflow run in experiment {params.experiment}"
     shell:
-        "python -m {params.package}.tracking start --out {output} "
-        "--experiment {params.experiment:q} --params {params.config:q} > {log} 2>&1"
+        "python -m {params.package:q}.tracking start --out {output:q} "
+        "--experiment {params.experiment:q} --params {params.config:q} > {log:q} 2>&1"
 
 
 rule record_provenance:
@@ -61,8 +61,8 @@ rule record_provenance:
     message:
         "Recording provenance (git, data, lockfile, container, Slurm jobs) on the run and in the report"
     shell:
-        "python -m {params.package}.provenance --config {params.config:q} --run-file {input.run} "
-        "--out-json {output.json} --out-html {output.html} > {log} 2>&1"
+        "python -m {params.package:q}.provenance --config {params.config:q} --run-file {input.run:q} "
+        "--out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 
 rule register_model:
@@ -85,5 +85,5 @@ rule register_model:
     message:
         "Registering the trained model as a new version of {params.name} in the MLflow model registry"
     shell:
-        "python -m {params.package}.tracking register --run-file {input.run} --name {params.name:q} "
-        "--metrics {input.metrics} --provenance {input.provenance} --out {output} > {log} 2>&1"
+        "python -m {params.package:q}.tracking register --run-file {input.run:q} --name {params.name:q} "
+        "--metrics {input.metrics:q} --provenance {input.provenance:q} --out {output:q} > {log:q} 2>&1"

@@ -6,7 +6,8 @@ section of it and fills in the defaults, as the Snakefile's `validate(config, ..
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -33,9 +34,62 @@ def allowed(name: str, *path: str) -> tuple[str, ...]:
 
 
 def validate(data: dict, name: str = "config") -> dict:
-    """`data` checked against schema `name` with its defaults filled in (in place); raises Snakemake's
-    WorkflowError naming the bad value and what is allowed."""
+    """`data` checked against schema `name` with its defaults filled in (in place), and its paths inside the project
+    (check_paths); raises Snakemake's WorkflowError naming the bad value and what is allowed."""
     from snakemake.utils import validate as snakemake_validate
 
     snakemake_validate(data, str(SCHEMA_DIR / f"{name}.schema.yaml"))
+    check_paths(data, name)
     return data
+
+
+PROJECT_PATH = "#/$defs/project_path"
+
+
+def project_path_keys(name: str = "config") -> list[tuple[str, ...]]:
+    """The keys of schema `name` whose values are paths inside the project (`$ref: "#/$defs/project_path"`)."""
+
+    def walk(schema, path):
+        if not isinstance(schema, dict):
+            return
+        if schema.get("$ref") == PROJECT_PATH:
+            yield path
+        for key, child in schema.get("properties", {}).items():
+            yield from walk(child, (*path, key))
+
+    return list(walk(_load(name), ()))
+
+
+def path_problem(value: str) -> str | None:
+    """Why `value` is not a path inside the project (None: it is)."""
+    if any(unicodedata.category(c)[0] == "C" for c in value):
+        return "contains a control character (a newline, a tab, ...)"
+    if "{" in value or "}" in value:
+        return "contains a brace, which Snakemake reads as a wildcard"
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        return "is not relative to the project directory"
+    if ".." in path.parts:
+        return "leaves the project directory ('..')"
+    if path == PurePosixPath("."):
+        return "is the project directory itself"
+    return None
+
+
+def check_paths(config: dict, name: str = "config") -> None:
+    """Every path-like key of the config (project_path_keys) inside the project, else a WorkflowError naming each
+    bad key and value: checked before anything runs (workflow/rules/common.smk), as the schema is."""
+    problems = []
+    for keys in project_path_keys(name):
+        value = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and path_problem(value):
+            problems.append(
+                f"config {'.'.join(keys)} {value!r} {path_problem(value)}: give a path inside the project, relative "
+                "to it, without '..', braces or control characters (e.g. 'data/processed')"
+            )
+    if problems:
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError("\n".join(problems))
