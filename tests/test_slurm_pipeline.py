@@ -62,8 +62,8 @@ def slurm_job_ids(project) -> dict[str, str]:
     ids = {}
     for log in (project / "logs/slurm").rglob("*.log"):
         match = re.search(r"rule_(\w+)", str(log.relative_to(project)))
-        if match:
-            ids[match.group(1)] = log.stem
+        if match and int(log.stem) > int(ids.get(match.group(1), 0)):
+            ids[match.group(1)] = log.stem  # the latest job of the rule
     return ids
 
 
@@ -152,6 +152,37 @@ def test_provenance_names_each_steps_slurm_job(lumi_run):
     prov = json.loads((project / "results/provenance.json").read_text())
     assert prov["slurm"]["cluster"] == CLUSTER_NAME
     assert prov["slurm"]["job_ids"] == expected
+
+
+# Last of the tests on lumi_run: it trains again (the tests above read the first run's logs and reports).
+def test_torchrun_launcher_trains_on_both_nodes(lumi_run):
+    """`launcher: torchrun` (one torchrun per node, c10d rendezvous at the first node), chosen for one run on the
+    command line; Horovod cannot use it and the run stops before anything is submitted."""
+    project, _, cluster = lumi_run
+    backend = yaml.safe_load((project / "config/config.yaml").read_text())["train"]["backend"]
+    command = ["snakemake", "--profile", "profiles/lumi", "--config", "cluster={launcher: torchrun}"]
+    if backend == "horovod":
+        result = run([*command, "-n"], project, check=False, timeout=300, **cluster_env(cluster))
+        assert result.returncode != 0
+        assert "launcher 'torchrun' starts torch DDP ranks only (backend 'horovod': use srun or mpirun)" in (
+            result.stdout + result.stderr)
+        return
+    before = slurm_job_ids_all(project, "train_model")
+    result = run([*command, "--forcerun", "train_model"], project, timeout=900, **cluster_env(cluster))
+    assert "torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d -m digits_classifier.train" in result.stdout + result.stderr
+    log = (project / "logs/train_model.log").read_text()
+    assert "node nid001: 2 of 4 rank(s)" in log and "node nid002: 2 of 4 rank(s)" in log, log[-3000:]
+    assert f"rendezvous: MASTER_ADDR={cluster.node_address('nid001')} (first node nid001)" in log, log[:2000]
+    (job,) = slurm_job_ids_all(project, "train_model") - before
+    rows = sacct(cluster, job, "JobID,NTasks,NodeList")
+    assert any(row["NTasks"] == "2" and row["NodeList"] == "nid[001-002]" for row in rows[1:]), rows  # a torchrun per node
+    assert json.loads((project / "results/model/history.json").read_text())["world_size"] == 4
+    assert json.loads((project / "results/metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def slurm_job_ids_all(project, rule: str = "*") -> set[str]:
+    """Every Slurm job id of `rule` (all rules: *) so far, from the kept per-job logs."""
+    return {log.stem for log in (project / "logs/slurm").glob(f"rule_{rule}/**/*.log")}
 
 
 @pytest.fixture(scope="module")
