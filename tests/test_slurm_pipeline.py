@@ -1,7 +1,9 @@
 """A generated project's whole pipeline through Slurm with the LUMI profile, on the suite's own mini-LUMI cluster.
 
 Checked from the accounting database (sacct), as a user would: every step ran as a Slurm job on the partition the
-LUMI mapping chose, under the project account, with the intended task and CPU counts; training ran 2 ranks.
+LUMI mapping chose, under the project account, with the intended task and CPU counts; training ran 2 ranks on each
+of the two nodes (each node in its own network namespace), with the lumi profile's own launcher (srun) for both
+backends, met at the first node's address, and trained the same model as one rank.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from conftest import BIN_DIR, generate, run
+from conftest import BIN_DIR, generate, project_helper, run
 from slurm_cluster import CLUSTER_NAME
 
 pytestmark = pytest.mark.slurm
@@ -152,6 +154,34 @@ def test_provenance_names_each_steps_slurm_job(lumi_run):
     prov = json.loads((project / "results/provenance.json").read_text())
     assert prov["slurm"]["cluster"] == CLUSTER_NAME
     assert prov["slurm"]["job_ids"] == expected
+
+
+def test_two_nodes_match_one_rank(lumi_run):
+    """The model trained by 4 ranks on 2 nodes equals one rank's at the same global batch (test_training_equivalence's
+    tolerance for rank counts)."""
+    import torch
+
+    from test_training_equivalence import TOL_RANKS, largest_differences
+
+    project, _, _ = lumi_run
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    backend = config["train"]["backend"]
+    command = project_helper(project, "launch").training_command(
+        launcher="local", backend=backend, processes=1, package=project.name.replace("-", "_"),
+        args=["--train", "data/processed/train.npz", "--out-dir", "results/one-rank",
+              "--params", json.dumps(config["train"]["hyperparameters"], sort_keys=True)],
+    )
+    run(command, project, PYTHONPATH=str(project / "src"), timeout=600)
+
+    def outcome(folder):
+        history = json.loads((project / folder / "history.json").read_text())
+        state = torch.load(project / folder / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+        return history, state, None
+
+    two_nodes, one_rank = outcome("results/model"), outcome("results/one-rank")
+    assert (two_nodes[0]["world_size"], one_rank[0]["world_size"]) == (4, 1)
+    metrics, weights = largest_differences(two_nodes, one_rank)
+    assert metrics <= TOL_RANKS and weights <= TOL_RANKS, (metrics, weights)
 
 
 # Last of the tests on lumi_run: it trains again (the tests above read the first run's logs and reports).
