@@ -154,3 +154,61 @@ def test_auto_finds_the_mpi_horovod_is_linked_against(monkeypatch, tmp_path):
     with pytest.raises(slurm_launch.LaunchError, match="mpi: auto found no MPI that Horovod is linked against in the "
                                                        "workflow's environment"):
         slurm_launch.detect_mpi([])
+
+
+MPI_HELLO = r"""
+#include <mpi.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int rank, size, sum, one;
+    char host[64];
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    gethostname(host, sizeof host);
+    printf("mpich rank %d/%d on %s sum %d\n", rank, size, host, sum);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+
+def mpich_compiler() -> str:
+    """MPICH's compiler wrapper (Debian's libmpich-dev, installed next to Open MPI when missing; root only)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("mpicc.mpich"):
+        if os.geteuid() != 0:
+            pytest.skip("MPICH is not installed (apt-get install libmpich-dev)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "libmpich-dev"]):
+            subprocess.run(command, env=env, capture_output=True, timeout=600, check=True)
+    return shutil.which("mpicc.mpich")
+
+
+def test_mpich_ranks_started_by_srun_get_pmi2_across_both_nodes(slurm_cluster, tmp_path):
+    """LUMI's way for the images' MPICH: srun --mpi=pmi2 (cluster.mpi: pmi2, or auto on an MPICH-linked Horovod).
+    Without a PMI each MPICH rank starts alone (size 1): why the launch must choose one."""
+    import subprocess
+
+    slurm_cluster.require_isolation()
+    source = tmp_path / "hello.c"
+    source.write_text(MPI_HELLO)
+    subprocess.run([mpich_compiler(), "-o", str(tmp_path / "hello"), str(source)], check=True, timeout=120)
+    jobs = {
+        mpi: submit(slurm_cluster, tmp_path, f"mpich-{mpi}", 2,
+                    f"{launch('--nodes', '2', '--backend', 'horovod', '--mpi', mpi)} srun --nodes=2 "
+                    f"--ntasks-per-node=2 {tmp_path / 'hello'}")
+        for mpi in ("pmi2", "none")
+    }
+    wait(slurm_cluster, list(jobs.values()))
+    with_pmi = (tmp_path / "mpich-pmi2.out").read_text()
+    assert "mpi: srun --mpi=pmi2 (cluster.mpi)" in with_pmi
+    lines = sorted(line for line in with_pmi.splitlines() if line.startswith("mpich rank"))
+    assert lines == [f"mpich rank {r}/4 on {'nid001' if r < 2 else 'nid002'} sum 6" for r in range(4)], with_pmi
+    alone = (tmp_path / "mpich-none.out").read_text()
+    assert sorted(line for line in alone.splitlines() if line.startswith("mpich rank")) == [
+        f"mpich rank 0/1 on {node} sum 0" for node in ("nid001", "nid001", "nid002", "nid002")], alone
