@@ -69,7 +69,12 @@ sys.path.insert(0, str(LIB_DIR))
 from smkml import resources as vocabulary
 from smkml import schemas
 from smkml.jobs import shell_prefix
-from smkml.launch import container_probe, launcher_prefix, resolve_container, training_command
+from smkml.launch import (
+    container_probe,
+    launcher_prefix,
+    resolve_container,
+    training_command,
+)
 
 # Jobs run in the project directory with the package on PYTHONPATH, the MLflow store and SMKML_CLUSTER set.
 shell.prefix(shell_prefix(config))

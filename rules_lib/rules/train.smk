@@ -4,7 +4,9 @@ TRAIN_CONTAINER = resolve_container(
     config["container"], CLUSTER, gpus=TRAIN.needs["gpus"], project_dir=Path.cwd()
 )
 # A launcher that cannot start this backend stops the run here (e.g. torchrun with Horovod).
-launcher_prefix(CLUSTER["launcher"], config["train"]["backend"], TRAIN.ranks, TRAIN.layout)
+launcher_prefix(
+    CLUSTER["launcher"], config["train"]["backend"], TRAIN.ranks, TRAIN.layout
+)
 
 
 rule train_model:
