@@ -145,3 +145,32 @@ def test_make_demo_twice_keeps_the_previous_demo_and_says_so(tmp_path):
     assert str(demo) in line and str(backups[0]) in line and "mlflow.db" in line
     assert (backups[0] / "digits-classifier" / "mlflow.db").read_text() == "first run's store\n"
     assert store.read_text() == "demo pipeline ran\n"
+
+
+RULE = re.compile(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", re.MULTILINE)
+
+
+def test_every_rule_has_a_message_and_a_log(projects):
+    project, _ = next(iter(projects.values()))
+    listed = set(run(["snakemake", "--list-rules"], project).stdout.split())
+    found = {}
+    for smk in [project / "workflow/Snakefile", *sorted((project / "workflow/rules").glob("*.smk"))]:
+        found.update({name: body for name, body in RULE.findall(smk.read_text() + "\n")})
+    steps = listed - {"all"}
+    assert steps <= set(found), steps - set(found)
+    for name in steps:
+        assert re.search(r"^\s+message:\n\s+\S", found[name], re.MULTILINE), f"rule {name} has no message"
+        assert re.search(rf"^\s+log:\n\s+(\w+=)?\"logs/{name}(\.log)?\"", found[name], re.MULTILINE), f"rule {name}: no log"
+
+
+def test_a_failed_step_points_to_its_log(projects):
+    """A plain `snakemake --cores 1` (no profile, no --show-failed-logs): a step that fails says so, names its log
+    and shows the log's last lines (here MLflow refusing an unknown tracking URI in start_tracking)."""
+    project, _ = next(iter(projects.values()))
+    result = run(["snakemake", "--cores", "1", "results/mlflow/run.json"], project, check=False,
+                 MLFLOW_TRACKING_URI="nosuchscheme://nowhere")
+    assert result.returncode != 0
+    assert "Creating the pipeline's MLflow run in experiment" in result.stderr
+    assert "error: this step failed (exit status 1); the end of its log logs/start_tracking.log:" in result.stderr
+    assert "nosuchscheme" in result.stderr.split("the end of its log", 1)[1]
+    assert "error: the whole log of the failed step: logs/start_tracking.log" in result.stderr
