@@ -11,8 +11,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: demo test env system-deps docs bench clean
 
+# A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
-	rm -rf $(DEMO_DIR)
+	@if [ -e $(DEMO_DIR) ]; then \
+	  backup=$(DEMO_DIR)-previous-$$(date +%Y%m%d-%H%M%S); \
+	  echo "make demo: keeping the previous demo: moving $(DEMO_DIR) (project, results, MLflow store $(DEMO_PROJECT)/mlflow.db and mlruns/) to $$backup (make clean removes it)"; \
+	  mv $(DEMO_DIR) $$backup; \
+	fi
 	mkdir -p $(DEMO_DIR)
 	cookiecutter --no-input --output-dir $(DEMO_DIR) $(CURDIR)
 	$(MAKE) --no-print-directory -C $(DEMO_PROJECT) run

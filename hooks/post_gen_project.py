@@ -252,7 +252,7 @@ def main():
     record_template()
     write_demo_data()
     init_repositories()
-    step(f"done. Next: cd {PROJECT_DIR} && make run")
+    step(f"done. Next: cd {PROJECT_DIR} && make env && make run  (make env creates .venv from requirements.lock; once)")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def project(request, cookies_session):
 
 REQUIRED_FILES = [
     "README.md",
+    "LICENSE",
     "Makefile",
     "pyproject.toml",
     "requirements.lock",

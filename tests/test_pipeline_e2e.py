@@ -85,6 +85,36 @@ def test_report_contains_metrics_plots_and_notebook(finished):
     assert b"injected-parameters" in files["prepare.ipynb"]
 
 
+def test_report_shows_the_notebook_rendered_and_the_training_curves(finished):
+    """The executed notebook as an HTML page (besides the .ipynb) and loss/accuracy per epoch (issue 18)."""
+    _, path, _ = finished
+    report = (path / "results/report.html").read_text()
+    files = embedded_files(report)
+    assert {"prepare.html", "training_curves.png", "prepare.ipynb"} <= set(files), sorted(files)
+    page = files["prepare.html"].decode()
+    assert page.startswith("<!DOCTYPE html>") and "tags: injected-parameters" in page
+    assert "tags: parameters" in page and "In [1]:" in page and "<h1>Prepare the data</h1>" in page
+    assert "&#x27;n_train&#x27;: 1437" in page  # a cell's output
+    assert files["training_curves.png"][:4] == b"\x89PNG"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path / "results/plots/training_curves.png").shape[1] >= 800
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", report).group(1))
+    assert "results/plots/training_curves.png" in categories["Evaluation"]["Other"]
+    assert {"results/notebooks/prepare.html", "results/notebooks/prepare.ipynb"} <= set(categories["Data"]["Other"])
+
+
+def test_report_home_has_no_blank_band_and_provenance_shows_the_run_id(finished):
+    _, path, _ = finished
+    report = (path / "results/report.html").read_text()
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", report).group(1))
+    # Snakemake centres the home page vertically (`items-center ... h-screen`); the introduction puts it on top.
+    assert "<style>.grow.flex.items-center.justify-center.h-screen { align-items: flex-start; }</style>" in description
+    run_id = json.loads((path / "results/mlflow/run.json").read_text())["run_id"]
+    provenance = embedded_files(report)["provenance.html"].decode()
+    assert f"<tr><th>MLflow run id</th><td><code>{run_id}</code></td></tr>" in provenance
+
+
 def test_mlflow_run_has_params_metrics_artifacts_and_model(finished):
     import mlflow
     import torch

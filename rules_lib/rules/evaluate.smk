@@ -1,6 +1,7 @@
 rule evaluate_model:
     input:
         model="results/model/model.pt",
+        history="results/model/history.json",
         test=f"{PROCESSED_DIR}/test.npz",
         run=RUN_FILE,
     output:
@@ -14,6 +15,11 @@ rule evaluate_model:
         confusion=report(
             "results/plots/confusion_matrix.png",
             caption="../report/confusion_matrix.rst",
+            category="Evaluation",
+        ),
+        curves=report(
+            "results/plots/training_curves.png",
+            caption="../report/training_curves.rst",
             category="Evaluation",
         ),
     log:
@@ -31,5 +37,6 @@ rule evaluate_model:
     shell:
         "python -m {params.package:q}.evaluate --model {input.model:q} --test {input.test:q} "
         "--metrics {output.metrics:q} --table {output.table:q} "
-        "--confusion-plot {output.confusion:q} --predictions {output.predictions:q} "
+        "--confusion-plot {output.confusion:q} --history {input.history:q} "
+        "--curves-plot {output.curves:q} --predictions {output.predictions:q} "
         "--run-file {input.run:q} > {log:q} 2>&1"

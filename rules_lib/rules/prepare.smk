@@ -11,6 +11,11 @@ rule prepare_data:
             caption="../report/notebook.rst",
             category="Data",
         ),
+        notebook_html=report(
+            "results/notebooks/prepare.html",
+            caption="../report/notebook_html.rst",
+            category="Data",
+        ),
         samples=report(
             "results/plots/samples.png",
             caption="../report/samples.rst",
@@ -28,10 +33,12 @@ rule prepare_data:
         processed_dir=lambda wildcards, output: Path(output.train).parent,
         test_fraction=config["prepare"]["test_fraction"],
         seed=config["prepare"]["seed"],
+        package=PACKAGE,
     message:
         "Executing {input.notebook} with papermill"
     shell:
         "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
         "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
-        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} > {log:q} 2>&1"
+        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} > {log:q} 2>&1; "
+        "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q} >> {log:q} 2>&1"

@@ -11,12 +11,23 @@ import shlex
 
 CLUSTER_VARIABLE = "SMKML_CLUSTER"
 
+# When a command fails, say so and point to the step's log (the file its output was redirected to: `> logs/x.log`),
+# with the log's last lines: Snakemake's own error block shows `message: None` and the command. Bash runs an ERR
+# trap with the failing command in BASH_COMMAND (also for a subshell `( ... ) > log`), before `set -e` exits.
+FAILURE_TRAP = (
+    "trap 's=$?; l=; [[ $BASH_COMMAND =~ \\>\\>?[[:space:]]*([^[:space:]]+\\.log) ]] && l=${{BASH_REMATCH[1]}}; "
+    'if [ -n "$l" ]; then echo "error: this step failed (exit status $s); the end of its log $l:" >&2; '
+    'tail -n 25 "$l" >&2 || true; echo "error: the whole log of the failed step: $l" >&2; fi' "' ERR; "
+)
+
 
 def shell_prefix(config: dict) -> str:
     """The prefix of every shell command (a validated config). Braces are doubled: Snakemake formats the prefix.
     An MLFLOW_TRACKING_URI set by the user wins over the config's `tracking.uri`."""
     return (
         "set -euo pipefail; "
+        + FAILURE_TRAP
+        +
         'export PYTHONPATH="$PWD/src${{PYTHONPATH:+:$PYTHONPATH}}"; '
         f"export MLFLOW_TRACKING_URI=${{{{MLFLOW_TRACKING_URI:-{shlex.quote(config['tracking']['uri'])}}}}}; "
         f"export {CLUSTER_VARIABLE}={shlex.quote(config['cluster']['name'])}; "

@@ -69,6 +69,26 @@ def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: Path) -> N
     plt.close(fig)
 
 
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and accuracy per epoch (history.json's rank-averaged values), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [record["epoch"] for record in history]
+    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [record["loss"] for record in history], marker=".")
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="loss")
+    accuracy_ax.plot(epochs, [record["accuracy"] for record in history], marker=".", color="tab:green")
+    accuracy_ax.set(title="Training accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (loss_ax, accuracy_ax):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
@@ -77,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", required=True)
     parser.add_argument("--confusion-plot", required=True)
     parser.add_argument("--predictions", help="CSV of index, label, prediction for every held-out sample")
+    parser.add_argument("--history", help="the training's history.json: plot its loss and accuracy per epoch")
+    parser.add_argument("--curves-plot", help="where the training curves go (with --history)")
     parser.add_argument("--run-file")
     args = parser.parse_args(argv)
 
@@ -94,6 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
         Path(args.predictions).write_text("index,label,prediction\n" + rows)
         outputs.append(Path(args.predictions))
+    if args.history and args.curves_plot:
+        history = json.loads(Path(args.history).read_text())["history"]
+        Path(args.curves_plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_curves(history, Path(args.curves_plot))
+        outputs.append(Path(args.curves_plot))
     if args.run_file:
         scalars = {f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
         scalars.update({f"test_f1_class_{c}": s["f1-score"] for c, s in metrics["per_class"].items()})

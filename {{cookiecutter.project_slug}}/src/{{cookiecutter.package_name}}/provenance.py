@@ -178,6 +178,8 @@ def _rows(prov: dict) -> list[tuple[str, str]]:
         ("config sha256", prov["config_sha256"]),
     ]
     rows += [(f"Slurm job ({step})", job) for step, job in sorted(prov["slurm"]["job_ids"].items())]
+    if prov.get("mlflow_run_id"):
+        rows.insert(0, ("MLflow run id", prov["mlflow_run_id"]))
     return rows
 
 
