@@ -9,6 +9,7 @@ jobs sharing a node.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 import time
@@ -212,3 +213,24 @@ def test_mpich_ranks_started_by_srun_get_pmi2_across_both_nodes(slurm_cluster, t
     alone = (tmp_path / "mpich-none.out").read_text()
     assert sorted(line for line in alone.splitlines() if line.startswith("mpich rank")) == [
         f"mpich rank 0/1 on {node} sum 0" for node in ("nid001", "nid001", "nid002", "nid002")], alone
+
+
+def test_one_horovod_rank_in_the_executors_own_step(slurm_cluster, tmp_path):
+    """The default LUMI project trains on 1 GPU: one rank inside the executor's `srun -n1` step. Open MPI takes the
+    step's variables for an srun launch without PMI and aborts; started --alone it runs as a singleton, and the job
+    id (provenance) stays."""
+    pytest.importorskip("horovod.torch")
+    code = ("import os, horovod.torch as hvd; hvd.init(); "
+            "print('horovod size', hvd.size(), 'job', os.environ.get('SLURM_JOB_ID'), flush=True)")
+    script = tmp_path / "lone.sh"
+    script.write_text(
+        "#!/bin/bash\nexport OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n"
+        f"{launch('--alone')} {sys.executable} -c \"{code}\" || echo alone failed\n"
+        f"{sys.executable} -c \"{code}\" > {tmp_path}/plain.out 2>&1 || echo plain failed\n"
+    )
+    script.chmod(0o755)
+    result = slurm_cluster.run(["srun", "-p", "small", "-A", ACCOUNT, "-n1", "--cpu-bind=q", str(script)], timeout=180)
+    assert re.search(r"horovod size 1 job \d+", result.stdout), result.stdout + result.stderr
+    assert "one rank in this job step: started without the step's Slurm variables" in result.stdout
+    assert "plain failed" in result.stdout  # why: without --alone Open MPI refuses
+    assert "OMPI was not built with SLURM's PMI support" in (tmp_path / "plain.out").read_text()

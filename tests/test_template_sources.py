@@ -55,6 +55,7 @@ PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz",
          f"{sys.executable} {SLURM_LAUNCH} --nodes 1 --backend horovod --mpi auto --runtime '[]' -- mpirun -np 2 --bind-to none python -m demo.train --backend horovod "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("srun", "horovod", 1,
+         f"{sys.executable} {SLURM_LAUNCH} --alone -- "
          "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("srun", "torch_ddp", 16,
          f"{sys.executable} {SLURM_LAUNCH} --nodes 1 --backend torch_ddp --mpi auto --runtime '[]' -- "

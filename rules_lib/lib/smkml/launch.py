@@ -167,6 +167,11 @@ def slurm_launch_prefix(
             "--runtime", json.dumps(list(runtime)), *caches, "--"]
 
 
+def lone_rank_prefix() -> list[str]:
+    """The host-side start of one Horovod rank in the executor's own Slurm job step (slurm_launch.py --alone)."""
+    return [sys.executable, str(SLURM_LAUNCH), "--alone", "--"]
+
+
 def training_command(
     *,
     launcher: str,
@@ -193,7 +198,10 @@ def training_command(
         layers = [*runtime, *before]
     else:
         # Slurm launchers start one container per rank (torchrun: per node), from the host.
-        host = slurm_launch_prefix(backend, layout, mpi, runtime, cache_dir) if before else []
+        if before:
+            host = slurm_launch_prefix(backend, layout, mpi, runtime, cache_dir)
+        else:  # one rank: Horovod's MPI must not take the executor's job step for an srun launch without PMI
+            host = lone_rank_prefix() if backend == "horovod" else []
         layers = [*host, *before, *runtime, *after]
     return shlex.join([*layers, *python, "--backend", backend, *args])
 

@@ -19,6 +19,9 @@ It then
   (node-local ``/tmp`` on LUMI), not on the home quota;
 * prints what it chose (the training log keeps it) and replaces itself with the launcher.
 
+With `--alone` (one Horovod rank in the executor's own job step) it only starts the command without the step's
+Slurm variables, which would make Open MPI expect a PMI that srun did not give it.
+
 Standard library only: it runs as a plain script, before anything of the project is importable.
 """
 
@@ -144,10 +147,24 @@ def with_mpi(command: list[str], mpi: str) -> list[str]:
     return [command[0], f"--mpi={mpi}", *command[1:]]
 
 
+# What a lone rank keeps of its job step's Slurm variables: the job's identity, recorded as provenance.
+ALONE_KEEPS = ("SLURM_JOB_ID", "SLURM_CLUSTER_NAME")
+
+
+def alone(environ: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment of a single rank running inside the executor's own `srun -n1` step, without the step's
+    Slurm variables: Open MPI (Horovod's MPI) takes them for an srun launch of a job and, lacking Slurm's PMI there,
+    aborts ("OMPI was not built with SLURM's PMI support"); without them it starts as a singleton."""
+    dropped = sorted(name for name in environ if name.startswith("SLURM") and name not in ALONE_KEEPS)
+    return {name: value for name, value in environ.items() if name not in dropped}, dropped
+
+
 def plan(options: argparse.Namespace, environ: dict[str, str], run=scontrol) -> tuple[list[str], dict[str, str], list[str]]:
     """(command, environment additions, messages) for the launch."""
     command = list(options.command)
     messages = []
+    if options.alone:
+        return command, {}, ["one rank in this job step: started without the step's Slurm variables (MPI singleton)"]
     point = rendezvous(environ, options.nodes, run)
     node = point.pop("_node")
     env = dict(point)
@@ -177,6 +194,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mpi", choices=MPI_CHOICES, default="auto", help="srun's MPI plugin for Horovod ranks")
     parser.add_argument("--runtime", default="[]", help="JSON list: the words that run a command in the container")
     parser.add_argument("--cache-dir", default="", help="put per-job caches under this folder (e.g. /tmp)")
+    parser.add_argument("--alone", action="store_true", help="one rank, in the executor's own job step (see alone())")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the launcher command line")
     options = parser.parse_args(argv)
     if options.command[:1] == ["--"]:
@@ -194,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"ERROR: {error}")
     for message in messages:
         print(message, flush=True)
-    os.execvpe(command[0], command, {**os.environ, **env})
+    environ = alone(dict(os.environ))[0] if options.alone else dict(os.environ)
+    os.execvpe(command[0], command, {**environ, **env})
 
 
 if __name__ == "__main__":
