@@ -136,7 +136,7 @@ def test_cpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
     assert resources["requests"]["memory"] == "4000M"
     assert not any(name.endswith("/gpu") for name in resources["requests"])
     assert not spec.get("tolerations")
-    assert "horovodrun -np 2 -H localhost:2 --gloo python -m digits_classifier.train" in command
+    assert "horovodrun -np 2 -H localhost:2 --gloo --network-interface lo python -m digits_classifier.train" in command
 
 
 def test_amd_gpus_on_a_machine_type(project, s3_server, bucket_prefix, tmp_path):
@@ -152,7 +152,7 @@ def test_amd_gpus_on_a_machine_type(project, s3_server, bucket_prefix, tmp_path)
     assert resources["limits"]["cpu"] == "4000m"  # cpus 1 x 4 ranks
     assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "mi250x-8"}
     assert [t["key"] for t in spec["tolerations"]] == ["amd.com/gpu"]
-    assert "horovodrun -np 4 -H localhost:4 --gloo python -m digits_classifier.train" in command
+    assert "horovodrun -np 4 -H localhost:4 --gloo --network-interface lo python -m digits_classifier.train" in command
 
 
 def test_without_a_pod_image_nothing_is_submitted(project, s3_server, bucket_prefix, tmp_path):

@@ -76,8 +76,27 @@ from smkml.launch import (
     training_command,
 )
 
-# Jobs run in the project directory with the package on PYTHONPATH, the MLflow store and SMKML_CLUSTER set.
+# Jobs run in the project directory with the package on PYTHONPATH and SMKML_CLUSTER set.
 shell.prefix(shell_prefix(config))
+
+
+def load_redaction():
+    """The package's redaction module (standard library only), loaded by its path: the workflow redacts with the
+    same function as the steps do."""
+    import importlib.util
+
+    path = project_file(f"src/{PACKAGE}/redaction.py")
+    spec = importlib.util.spec_from_file_location(f"{PACKAGE}_redaction", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+redaction = load_redaction()
+# The MLflow store reaches the jobs through the environment (this file is parsed again in every cluster job and
+# pod), never through a command line, a rule parameter or Snakemake's records: tracking.uri may hold credentials.
+# An MLFLOW_TRACKING_URI set by the user wins over the config's.
+os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
 
 # Every path from the config stays inside the project (the schema's project_path keys); the shell commands quote
 # them ({input:q}, {output:q}, {params.x:q}), so spaces, quotes, `;` or `$(...)` in a path are only characters.
@@ -91,8 +110,10 @@ RUN_FILE = "results/mlflow/run.json"
 CLUSTER = config["cluster"]
 SLURM_ACCOUNT = vocabulary.account(CLUSTER)
 # What the results depend on: the config without where the steps ran (provenance, never a reason to rerun).
+# Without credentials (a tracking.uri with a token): it is a rule parameter, logged and recorded.
 RUN_CONFIG = json.dumps(
-    {key: value for key, value in config.items() if key != "cluster"}, sort_keys=True
+    redaction.redact({key: value for key, value in config.items() if key != "cluster"}),
+    sort_keys=True,
 )
 
 
@@ -109,4 +130,12 @@ TRAIN_RANKS = vocabulary.ranks(
     vocabulary.step_needs(config, "train_model"),
     CLUSTER,
     config["train"]["processes"],
+)
+# Training this machine or the ranks cannot carry stops here, before any step runs: a global batch the ranks do
+# not divide; locally, more ranks than cores (unless train.oversubscribe).
+schemas.check_training(
+    config,
+    TRAIN_RANKS,
+    local=vocabulary.scheduler(CLUSTER) == "local",
+    cores=len(os.sched_getaffinity(0)),
 )

@@ -221,3 +221,10 @@ def test_a_stop_request_checkpoints_at_the_next_agreed_step_and_resumes_exactly(
     _, _, resumed, outcome = train.train(SingleProcess(), features, labels, params(), train.Checkpointing(tmp_path, 0))
     assert outcome.resumed_from_step == 30
     assert resumed == history
+
+
+def test_diverging_training_stops_with_a_clear_error(params):
+    """A loss that becomes NaN/inf stops training (every rank: the loss is all-reduced) instead of saving the model."""
+    features, labels = blobs()
+    with pytest.raises(train.Diverged, match="training diverged: the loss is nan after epoch 1"):
+        train.train(SingleProcess(), features, labels, params(learning_rate=1e30))

@@ -152,9 +152,14 @@ def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | 
         # Inside a Slurm allocation, Open MPI's mpirun starts the ranks on the allocated nodes (Horovod with an MPI
         # that lacks Slurm PMI, as Debian's). Rank and size reach Horovod through MPI, DDP through OMPI_COMM_WORLD_*.
         return ["mpirun", "-np", str(processes), "--bind-to", "none"], []
+    # Local: every rank on this machine, so the ranks talk over loopback only (Gloo on `lo`, the DDP rendezvous at
+    # 127.0.0.1), never on an interface others can reach. The launchers' own rendezvous servers (torch's TCPStore in
+    # torchrun, Horovod's HTTP rendezvous in horovodrun) bind every interface whatever they are told (torch 2.13,
+    # Horovod 0.28.1 have no option): tests/test_secrets_and_limits.py pins both facts.
     if backend == "horovod":
-        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo"], []
-    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}"], []
+        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo",
+                "--network-interface", "lo"], []
+    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}", "--local-addr=127.0.0.1"], []
 
 
 def slurm_launch_prefix(

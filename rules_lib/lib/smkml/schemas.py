@@ -93,3 +93,31 @@ def check_paths(config: dict, name: str = "config") -> None:
         from snakemake.exceptions import WorkflowError
 
         raise WorkflowError("\n".join(problems))
+
+
+def training_problems(config: dict, ranks: int, *, local: bool, cores: int) -> list[str]:
+    """Why the machine cannot carry the training the config asks for (empty: it can): a global batch that the
+    `ranks` do not divide, or (`local`) more ranks than `cores` without `train.oversubscribe`."""
+    problems = []
+    batch = config["train"]["hyperparameters"]["batch_size"]
+    if batch % ranks:
+        below, above = batch - batch % ranks, batch - batch % ranks + ranks
+        problems.append(
+            f"config train.hyperparameters.batch_size {batch} is not divisible by the {ranks} training ranks: the "
+            f"global batch is split evenly, so give a multiple of {ranks} (e.g. {below or ranks} or {above})"
+        )
+    if local and ranks > cores and not config["train"].get("oversubscribe", False):
+        problems.append(
+            f"config train.processes {ranks} is more than the {cores} core(s) this machine lets the run use: give "
+            f"1 to {cores}, or set train.oversubscribe: true to start more ranks than cores anyway"
+        )
+    return problems
+
+
+def check_training(config: dict, ranks: int, *, local: bool, cores: int) -> None:
+    """training_problems as a WorkflowError, before anything runs (workflow/rules/common.smk)."""
+    problems = training_problems(config, ranks, local=local, cores=cores)
+    if problems:
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError("\n".join(problems))

@@ -2,7 +2,9 @@
 
 Every step that produces numbers resumes the run by id (`resume`), so params, metrics, artifacts and the model all
 land in one place. Inside a Slurm job a step's job id becomes a tag on the run (`slurm.job_id.<step>`), which the
-provenance step reads back. This module imports nothing of the package: `provenance` and `tracking` build on it.
+provenance step reads back. The run file records the tracking URI without credentials (redaction); the steps
+connect with MLFLOW_TRACKING_URI, which the workflow sets. This module imports nothing of the package but the
+standard-library-only `redaction`: `provenance` and `tracking` build on it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from .redaction import MASK, redact_uri
 
 SLURM_TAG = "slurm.job_id."
 
@@ -30,6 +34,21 @@ def read_run_file(run_file: str | Path) -> dict:
     return json.loads(Path(run_file).read_text())
 
 
+def tracking_uri(info: dict) -> str:
+    """The URI to connect to the run's store: MLFLOW_TRACKING_URI when it is the store the run file names (the run
+    file holds it redacted, `redact_uri`), else the run file's own URI when it holds no redacted credentials."""
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    recorded = info["tracking_uri"]
+    if current and redact_uri(current) == recorded:
+        return current
+    if MASK in recorded:
+        raise SystemExit(
+            f"error: the pipeline's MLflow run is in {recorded}, whose credentials are not recorded: set "
+            "MLFLOW_TRACKING_URI (or config tracking.uri) to that store's full URI"
+        )
+    return recorded
+
+
 @contextmanager
 def resume(run_file: str | Path, step: str | None = None):
     """Log into the pipeline's run (created by `tracking start`). Inside a Slurm job the step's job id becomes a tag
@@ -37,7 +56,7 @@ def resume(run_file: str | Path, step: str | None = None):
     import mlflow
 
     info = read_run_file(run_file)
-    mlflow.set_tracking_uri(info["tracking_uri"])
+    mlflow.set_tracking_uri(tracking_uri(info))
     with mlflow.start_run(run_id=info["run_id"]) as run:
         mlflow.set_tags(slurm_job_tag(step or Path(sys.argv[0]).stem))
         yield run

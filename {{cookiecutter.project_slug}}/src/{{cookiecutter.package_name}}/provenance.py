@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import pipeline_run
+from .redaction import redact
 
 LOCKFILE = "requirements.lock"
 IMAGE_METADATA = "etc/smkml-image.json"  # what a directory image records about its build (containers/)
@@ -110,7 +111,7 @@ def where() -> str:
 
 def collect(root: str | Path = ".", *, config: dict | None = None) -> dict:
     root = Path(root).resolve()
-    config = config or {}
+    config = redact(config or {})  # no credentials (e.g. in tracking.uri) in any record
     container = config.get("container") or {}
     runtime = container.get("runtime", "none")
     lock = root / LOCKFILE

@@ -3,7 +3,8 @@
 The first step creates the run, tagged with the pipeline's provenance, and writes its id to a small JSON file;
 every later step that produces numbers resumes that run by id (`resume`, `log_to_run`; see pipeline_run), so params,
 metrics, artifacts and the model all land in one place. The last step registers the model.
-The tracking URI comes from MLFLOW_TRACKING_URI (the workflow sets it from config/config.yaml).
+The tracking URI comes from MLFLOW_TRACKING_URI (the workflow sets it from config/config.yaml); it is recorded and
+printed only without credentials (`redaction`), as are the params.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 from pathlib import Path
 
 from . import provenance
-from .pipeline_run import read_run_file, resume, slurm_job_tag
+from .pipeline_run import read_run_file, resume, slurm_job_tag, tracking_uri
+from .redaction import redact, redact_uri
 
 
 MLFLOW_NAME = re.compile(r"^[\w\-. :/]+$")
@@ -40,6 +42,7 @@ def start(run_file: str | Path, experiment: str, params: dict) -> str:
     """Create the pipeline's run; under `mlflow run` (MLFLOW_RUN_ID set) adopt the run MLflow made."""
     import mlflow
 
+    params = redact(params)
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
@@ -51,7 +54,7 @@ def start(run_file: str | Path, experiment: str, params: dict) -> str:
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
             "experiment": experiment,
-            "tracking_uri": mlflow.get_tracking_uri(),
+            "tracking_uri": redact_uri(mlflow.get_tracking_uri()),
         }
     run_file = Path(run_file)
     run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,7 @@ def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None
 
     with resume(run_file, step):
         if params:
-            mlflow.log_params(flatten(params))
+            mlflow.log_params(flatten(redact(params)))
         if metrics:
             mlflow.log_metrics(metrics)
         for path in artifacts:
@@ -92,7 +95,7 @@ def register(run_file: str | Path, name: str, metrics: dict, provenance_tags: di
     import mlflow
 
     info = read_run_file(run_file)
-    mlflow.set_tracking_uri(info["tracking_uri"])
+    mlflow.set_tracking_uri(tracking_uri(info))
     logged = latest_logged_model(info)
     tags = {**provenance_tags, "mlflow.run_id": info["run_id"]}
     tags.update({f"test_{key}": str(metrics[key]) for key in ("accuracy", "macro_f1") if key in metrics})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -147,6 +148,17 @@ class Stopped(Exception):
         self.step = step
 
 
+class Diverged(Exception):
+    """The rank-averaged loss is not a finite number: the model is useless and must not be saved or registered."""
+
+    def __init__(self, epoch: int, loss: float, params: HyperParameters) -> None:
+        super().__init__(
+            f"training diverged: the loss is {loss} after epoch {epoch} (learning_rate {params.learning_rate}, "
+            f"global batch {params.batch_size}); no model is saved. Lower train.hyperparameters.learning_rate "
+            "in config/config.yaml (or check the data for NaN/inf values) and rerun"
+        )
+
+
 @dataclass
 class Outcome:
     """What a training run did besides the model: where it started, how many steps it took and how fast."""
@@ -284,6 +296,8 @@ class Training:
             "loss": self.backend.allreduce_mean(loss_sum / seen),
             "accuracy": self.backend.allreduce_mean(correct / seen),
         }
+        if not (math.isfinite(record["loss"]) and all(torch.isfinite(p).all() for p in self.net.parameters())):
+            raise Diverged(record["epoch"], record["loss"], self.params)  # every rank: the loss is all-reduced
         self.history.append(record)
         if self.backend.is_root:
             print(
@@ -434,6 +448,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"SIGTERM: {stopped}", flush=True)
         backend.shutdown()
         sys.exit(128 + signal.SIGTERM)
+    except Diverged as diverged:
+        if backend.is_root:
+            print(f"error: {diverged}", file=sys.stderr, flush=True)
+        if checkpointing is not None and backend.is_root:
+            checkpoints.clear(checkpointing.directory)  # a rerun starts afresh, not from diverging weights
+        backend.shutdown()
+        sys.exit(1)
     seconds = time.perf_counter() - started
     if backend.is_root:
         out = Path(args.out_dir)
