@@ -21,9 +21,10 @@ from slurm_cluster import CLUSTER_NAME
 pytestmark = pytest.mark.slurm
 
 ACCOUNT = "project_465000001"
-RULES = ("fetch_data", "prepare_data", "train_model", "evaluate_model")
-# Bookkeeping steps run where Snakemake runs (localrules), not as Slurm jobs.
-LOCAL_RULES = ("start_tracking", "record_provenance", "register_model")
+RULES = ("prepare_data", "train_model", "evaluate_model")
+# The download from the DVC remote and the bookkeeping steps run where Snakemake runs (localrules), not as Slurm
+# jobs: compute nodes often have no internet.
+LOCAL_RULES = ("fetch_data", "start_tracking", "record_provenance", "register_model")
 
 
 BACKENDS = ("horovod", "torch_ddp")
@@ -94,7 +95,7 @@ def test_bookkeeping_steps_ran_without_a_slurm_job(lumi_run):
 def test_cpu_steps_got_one_task_one_cpu(lumi_run):
     project, _, cluster = lumi_run
     ids = slurm_job_ids(project)
-    for rule in ("fetch_data", "prepare_data", "evaluate_model"):
+    for rule in ("prepare_data", "evaluate_model"):
         job = sacct(cluster, ids[rule], "JobID,AllocCPUS,AllocTRES")[0]
         assert job["AllocCPUS"] == "1", (rule, job)
         assert "gres/gpu" not in job["AllocTRES"]

@@ -7,6 +7,12 @@ import os
 DVC_FETCH = os.path.relpath(LIB_DIR / "smkml" / "dvc_remote.py")
 
 
+# The DVC remote is reached from where Snakemake runs (a login node): compute nodes often have no internet, and a
+# download is not worth a batch job. On Kubernetes the step already runs there (its input is local()).
+localrules:
+    fetch_data,
+
+
 rule fetch_data:
     input:
         dvcfile=local(project_file(f"{RAW_DATA}.dvc")),
