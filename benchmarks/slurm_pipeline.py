@@ -12,10 +12,11 @@ and the cluster's project account) and compares, pair by pair in one run:
      order), as a careful user would write it.
 
 The script's commands are not written down here: they come from Snakemake itself (`-n -p --forceall` for the
-command lines, each job's threads from that dry run through the logger plugin in benchmarks/plugins/, `--d3dag`
-for the order), with the project's own shell prefix, as in benchmarks/pipeline.py. The allocation asks for what
-Snakemake's training job asks for (its sbatch options, read from an untimed `--verbose` Snakemake run), so the
-training runs with the same srun or mpirun layout, the same threads and the same resources.
+command lines, `--d3dag` for the order), with the project's own shell prefix, as in benchmarks/pipeline.py. Each
+Slurm job's threads are those the Snakemake inside the job gives it (a dry run with the options the plugin starts
+it with, through the logger plugin in benchmarks/plugins/). The allocation asks for what Snakemake's training job
+asks for (its sbatch options, read from an untimed `--verbose` Snakemake run), so the training runs with the same
+srun or mpirun layout, the same threads and the same resources.
 
 Each ratio is A over B of the same pair; the order within a pair alternates. The table gives median, min and max.
 It reports, it does not judge: a missed target still exits 0. A failing run exits non-zero.
@@ -29,7 +30,6 @@ import os
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -259,13 +259,34 @@ def run_script(
     wait_idle(cluster)
     rc = marker.read_text().strip()
     if rc != "0":
-        raise BenchmarkError(f"the sbatch script (job {submitted.stdout.strip()}) exited {rc}; {output}:\n{tail(output)}")
+        job = submitted.stdout.strip()
+        raise BenchmarkError(f"the sbatch script (job {job}) exited {rc}; {output}:\n{tail(output)}")
     missing = [out for job in the_plan.jobs for out in job.outputs if not (project / out).exists()]
     if missing:
         raise BenchmarkError(f"the sbatch script did not make {missing}")
     times = [line.split() for line in stamps.read_text().splitlines()]
     steps = {name: float(times[i + 1][1]) - float(at) for i, (name, at) in enumerate(times[:-1])}
     return ended - started, steps
+
+
+def snakemake_timeline(output: str) -> dict[str, float]:
+    """{rule: seconds from Snakemake starting the job (submitting it, for a Slurm job) until it saw the job
+    finished}, from the timestamps of Snakemake's own output (one-second resolution)."""
+    started: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    stamp = None
+    for line in output.splitlines():
+        match = re.match(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", line.strip())
+        if match:
+            stamp = time.mktime(time.strptime(match.group(1), "%a %b %d %H:%M:%S %Y"))
+            continue
+        job = re.match(r"^Job (\d+): ", line) or re.match(r"^\s*jobid: (\d+)\s*$", line)
+        if job and stamp is not None:
+            started.setdefault(job.group(1), stamp)
+        done = re.match(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", line)
+        if done and stamp is not None and done.group(1) in started:
+            seconds[done.group(2)] = stamp - started[done.group(1)]
+    return seconds
 
 
 def keep_logs(project: Path, to: Path) -> str:
@@ -425,7 +446,9 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
         result: dict = {"order": order, "loadavg_before": list(os.getloadavg())}
         for side in order:
             if side == "snakemake":
-                result["snakemake_s"], _ = run_snakemake(cluster, project, snakemake, env, logdir / f"snakemake-{n}.log")
+                log = logdir / f"snakemake-{n}.log"
+                result["snakemake_s"], output = run_snakemake(cluster, project, snakemake, env, log)
+                result["snakemake_jobs_s"] = snakemake_timeline(output)
             else:
                 result["sbatch_s"], result["sbatch_steps_s"] = run_script(
                     cluster, project, the_plan, options, env, logdir, str(n)
@@ -433,13 +456,17 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
             result[f"{side}_training"] = keep_logs(project, logdir / f"{side}-{n}-logs")
             reset(project, pristine)
         if result["snakemake_training"] != result["sbatch_training"]:
-            say(f"WARNING: the two runs trained differently: {result['snakemake_training']} / {result['sbatch_training']}")
+            say(f"WARNING: the runs trained differently: {result['snakemake_training']} / {result['sbatch_training']}")
         result["ratio"] = result["snakemake_s"] / result["sbatch_s"]
         smk.append(result["snakemake_s"])
         plain.append(result["sbatch_s"])
         ratios.append(result["ratio"])
         pairs.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
         pairs[-1]["sbatch_steps_s"] = {k: round(v, 3) for k, v in result["sbatch_steps_s"].items()}
+        say("  per step, snakemake (start to seen finished) / sbatch script: " + ", ".join(
+            f"{rule} {result['snakemake_jobs_s'].get(rule, float('nan')):.0f}/{sec:.1f} s"
+            for rule, sec in result["sbatch_steps_s"].items()
+        ))
         say(
             f"pair {n}/{args.repeats} ({' then '.join(order)}): snakemake {result['snakemake_s']:.2f} s, "
             f"sbatch script {result['sbatch_s']:.2f} s, ratio {result['ratio']:.3f}, "
