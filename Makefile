@@ -9,7 +9,7 @@ DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env system-deps docs bench clean
+.PHONY: demo test env system-deps docs bench bench-slurm clean
 
 # A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
@@ -51,6 +51,11 @@ docs: env
 
 bench: env
 	python benchmarks/pipeline.py
+
+# The same pipeline on the test suite's mini-LUMI Slurm cluster: snakemake --profile profiles/lumi against one
+# sbatch script (starts the cluster; needs root).
+bench-slurm: env
+	python benchmarks/slurm_pipeline.py
 
 clean:
 	rm -rf build site

@@ -1,5 +1,6 @@
-"""What the benchmark scripts (pipeline.py, throughput.py) share: their error type and messages, the environment
-their commands run in, the generated project's own helpers, and the temporary directory each run works in."""
+"""What the benchmark scripts (pipeline.py, slurm_pipeline.py, throughput.py) share: their error type and messages,
+the environment their commands run in, the generated project's own helpers, and the temporary directory each run
+works in."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,17 +207,27 @@ def dry_run_commands(text: str) -> dict[int, str | None]:
     return commands
 
 
-def plan(project: Path, env: dict[str, str]) -> Plan:
-    """What Snakemake would run, taken from Snakemake itself, plus the environment it gives each job."""
-    profile = yaml.safe_load((project / PROFILE / "profile.yaml").read_text()) or {}
+def plan(project: Path, env: dict[str, str], profile_dir: str = PROFILE, config: Sequence[str] = ()) -> Plan:
+    """What Snakemake would run, taken from Snakemake itself, plus the environment it gives each job.
+
+    `profile_dir`: the profile Snakemake runs with; `config`: `--config KEY=VALUE` items given to every call (and
+    to the config the shell prefix is made from)."""
+    profile = yaml.safe_load((project / profile_dir / "profile.yaml").read_text()) or {}
     cores_setting = profile.get("cores", "all")
     cores = cpu_count() if cores_setting in ("all", None) else int(cores_setting)
+    if config:
+        base = profile.get("config") or []
+        if isinstance(base, dict):  # KEY: VALUE in the profile; JSON is YAML
+            base = [f"{key}={json.dumps(value)}" for key, value in base.items()]
+        profile["config"] = [*base, *config]
+    snakemake = ["snakemake", "--profile", profile_dir]
+    extra = ["--config", *config] if config else []
 
-    dag_text = check_output([*SNAKEMAKE, "--forceall", "--d3dag"], project, env)
+    dag_text = check_output([*snakemake, "--forceall", "--d3dag", *extra], project, env)
     dag = json.loads(dag_text[dag_text.index("{") :])
-    dry, threads = job_threads(project, env, [*SNAKEMAKE, "--forceall", "--dry-run", "--printshellcmds"])
+    dry, threads = job_threads(project, env, [*snakemake, "--forceall", "--dry-run", "--printshellcmds", *extra])
     commands = dry_run_commands(dry)
-    summary = check_output([*SNAKEMAKE, "--forceall", "--summary"], project, env).splitlines()
+    summary = check_output([*snakemake, "--forceall", "--summary", *extra], project, env).splitlines()
     header = summary[0].split("\t")
     outputs: dict[str, list[str]] = {}
     for row in summary[1:]:
