@@ -61,21 +61,12 @@ from slurm_cluster import MiniLumi, ensure_installed  # noqa: E402  (the test su
 
 PROFILE = "profiles/lumi"
 TARGET = 1.5  # Snakemake / one sbatch script
-# The generated default (Horovod) cannot train under the profile's srun on this test cluster yet: Debian's Open MPI
-# has no Slurm PMI, and a single rank runs inside the plugin's own srun step ("OMPI was not built with SLURM's PMI
-# support"; issue 14). The Slurm tests therefore run Horovod with these settings: two ranks (two stand-in GPUs)
-# started by Open MPI's mpirun inside the allocation (`--config` items; the GPUs go into config/config.yaml, as the
-# tests write them, since Snakemake's --config passes nested numbers as strings). torch_ddp runs as generated.
-TEST_CONFIG = {"horovod": ["cluster={launcher: mpirun}"], "torch_ddp": []}
-TEST_GPUS = {"horovod": 2, "torch_ddp": None}
-# As in tests/test_slurm_pipeline.py: Open MPI refuses root unless told, and mini-LUMI's nodes all live on this host,
-# so Open MPI's own Slurm integration is switched off (ranks start on the allocated node without it).
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_plm": "^slurm",
-    "OMPI_MCA_ras": "^slurm",
-}
+# Both backends run as generated (1 GPU, the profile's srun launcher; one Horovod rank starts as an MPI singleton,
+# see workflow/lib/smkml/slurm_launch.py --alone). --config and --train-gpus change that for a run.
+TEST_CONFIG: dict[str, list[str]] = {"horovod": [], "torch_ddp": []}
+TEST_GPUS: dict[str, int | None] = {"horovod": None, "torch_ddp": None}
+# As in tests/test_slurm_pipeline.py: Open MPI refuses root unless told.
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 # sbatch options of Snakemake's training job that are about the job's bookkeeping, not its resources.
 BOOKKEEPING = {"--job-name", "--output", "--comment", "-D", "--chdir", "--export", "--parsable"}
 FINAL_OUTPUT = "results/mlflow/registered_model.json"
