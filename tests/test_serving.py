@@ -103,6 +103,8 @@ def test_the_server_is_mlflow_on_the_baked_model_with_probes_and_a_restricted_co
     # The one writable place: an emptyDir at /tmp, where HOME and TMPDIR point.
     assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
     assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    # MLflow starts uvicorn by name: the image's venv must come first on PATH whatever the image's own config.
+    assert {"name": "PATH", "value": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"} in container["env"]
     assert deployment["metadata"]["annotations"]["smkml.org/model-uri"] == "models:/digits-classifier/3"
     assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "3"
 

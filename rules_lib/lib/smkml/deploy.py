@@ -105,7 +105,12 @@ def container_security() -> dict:
 
 
 def scratch_env(home: str = SCRATCH) -> list[dict]:
+    """The project's environment first on PATH (an image imported from a root filesystem, e.g. `podman import` of
+    the Charliecloud image, carries no ENV of its own; uvicorn is started by name), and the scratch volume as
+    HOME and TMPDIR."""
     return [
+        {"name": "PATH", "value": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"},
+        {"name": "VIRTUAL_ENV", "value": "/opt/venv"},
         {"name": "HOME", "value": home},
         {"name": "TMPDIR", "value": SCRATCH},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH}/matplotlib"},
