@@ -216,6 +216,25 @@ def test_make_deploy_manifests_renders_the_registered_version(trained):
     assert "COPY model/ /opt/model/" in (deploy_dir / "Containerfile").read_text()
 
 
+@pytest.mark.e2e
+def test_sizing_the_server_never_retrains(trained):
+    """resources.serve_model and resources.notebook are not inputs of the results: changing them leaves the pipeline
+    with nothing to do (any other resources change starts a new run, as documented in config/README.md)."""
+    project = trained["project"]
+    config_path = project / "config/config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["resources"]["serve_model"] = {"cpus": 3, "mem_mb": 3000}
+    config["resources"]["notebook"] = {"cpus": 1, "mem_mb": 1000}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        result = run(["snakemake", "-n", "--profile", "profiles/local", "results/mlflow/registered_model.json"],
+                     project)
+    finally:
+        config_path.write_text(original)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     """The rendered Deployment started with `podman kube play` in the serving image; yields what the test ran."""
