@@ -154,13 +154,14 @@ def free_port() -> int:
 
 
 def ensure_podman() -> None:
-    """podman (and catatonit, its pause process for pods) from apt when missing (root only)."""
-    if shutil.which("podman") and (shutil.which("catatonit") or Path("/usr/libexec/podman/catatonit").exists()):
+    """podman, runc (see containers.conf below) and catatonit (the pause process of pods) from apt when missing
+    (root only)."""
+    if shutil.which("podman") and shutil.which("runc") and shutil.which("catatonit"):
         return
     if os.geteuid() != 0:
-        pytest.fail("the serving test needs podman and catatonit: apt-get install podman catatonit")
+        pytest.fail("the serving test needs podman, runc and catatonit: apt-get install podman runc catatonit")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "podman", "catatonit"]):
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "podman", "runc", "catatonit"]):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
 
