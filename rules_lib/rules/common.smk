@@ -109,10 +109,23 @@ RUN_FILE = "results/mlflow/run.json"
 # this machine. Bad requests (account, partition, GPUs, runtime) stop the run here, before anything is submitted.
 CLUSTER = config["cluster"]
 SLURM_ACCOUNT = vocabulary.account(CLUSTER)
-# What the results depend on: the config without where the steps ran (provenance, never a reason to rerun).
-# Without credentials (a tracking.uri with a token): it is a rule parameter, logged and recorded.
+# What the results depend on: the config without where the steps ran (provenance, never a reason to rerun),
+# without what only the pods serving or exploring the results need (resources.serve_model, resources.notebook:
+# `make deploy-manifests`), so that sizing the model server never retrains, and without credentials (a tracking.uri
+# with a token): it is a rule parameter, logged and recorded.
+DEPLOY_ONLY = ("serve_model", "notebook")
 RUN_CONFIG = json.dumps(
-    redaction.redact({key: value for key, value in config.items() if key != "cluster"}),
+    redaction.redact(
+        {
+            key: (
+                {rule: need for rule, need in value.items() if rule not in DEPLOY_ONLY}
+                if key == "resources"
+                else value
+            )
+            for key, value in config.items()
+            if key != "cluster"
+        }
+    ),
     sort_keys=True,
 )
 
