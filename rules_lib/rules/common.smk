@@ -85,9 +85,11 @@ RUN_FILE = "results/mlflow/run.json"
 # this machine. Bad requests (account, partition, GPUs, runtime) stop the run here, before anything is submitted.
 CLUSTER = config["cluster"]
 SLURM_ACCOUNT = vocabulary.account(CLUSTER)
-# What the results depend on: the config without where the steps ran (provenance, never a reason to rerun).
+# What the results depend on: the config without where the steps ran (provenance, never a reason to rerun) and
+# without the sweep (each member's parameters are in its id; adding members must not start the pipeline over).
 RUN_CONFIG = json.dumps(
-    {key: value for key, value in config.items() if key != "cluster"}, sort_keys=True
+    {key: value for key, value in config.items() if key not in ("cluster", "sweep")},
+    sort_keys=True,
 )
 
 

@@ -195,13 +195,14 @@ rule aggregate_sweep:
         metric=SWEEP["metric"],
         direction=SWEEP["direction"],
         seed_key=SWEEP["seed_key"],
+        sweep=json.dumps(SWEEP, sort_keys=True),
     message:
         f"Aggregating {len(SWEEP_MEMBERS)} sweep members by {SWEEP['metric']} ({SWEEP['direction']})"
     shell:
         "python -m {params.package:q}.sweep --members {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
         "--html {output.html:q} --plot {output.plot:q} --best {output.best:q} "
-        "--parent-run-file {input.parent:q} > {log:q} 2>&1"
+        "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1"
 
 
 rule register_best_member:

@@ -162,7 +162,8 @@ def _number(text: str) -> bool:
     return True
 
 
-def log_to_parent(run_file: str, rows: list[dict], top: dict, metric: str, artifacts: list[Path]) -> None:
+def log_to_parent(run_file: str, rows: list[dict], top: dict, metric: str, artifacts: list[Path],
+                  sweep: dict | None = None) -> None:
     import mlflow
 
     from .pipeline_run import resume
@@ -173,6 +174,8 @@ def log_to_parent(run_file: str, rows: list[dict], top: dict, metric: str, artif
         mlflow.log_metrics({f"best_{key}": value for key, value in top["metrics"].items()})
         for path in artifacts:
             mlflow.log_artifact(str(path))
+        if sweep is not None:
+            mlflow.log_dict(sweep, "sweep_config.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", required=True)
     parser.add_argument("--best", required=True, help="JSON: the best member, its run and metric")
     parser.add_argument("--parent-run-file", help="the sweep's MLflow parent run (gets the aggregate)")
+    parser.add_argument("--sweep-config", help="JSON: config `sweep:`, kept on the parent run as sweep_config.json")
     args = parser.parse_args(argv)
 
     rows = load(args.members)
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     Path(args.best).write_text(json.dumps(summary, indent=2) + "\n")
     if args.parent_run_file:
-        log_to_parent(args.parent_run_file, rows, top, args.metric, outputs + [Path(args.best)])
+        sweep = json.loads(args.sweep_config) if args.sweep_config else None
+        log_to_parent(args.parent_run_file, rows, top, args.metric, outputs + [Path(args.best)], sweep)
     print(f"{len(rows)} members; best by {args.metric} ({args.direction}): {top['member']} "
           f"{top['metrics'][args.metric]:.4f}")
 
