@@ -6,9 +6,7 @@ from smkml import sweep as sweeps
 try:
     SWEEP_MEMBERS = sweeps.members(
         config,
-        schemas.node(
-            "config", "properties", "train", "properties", "hyperparameters"
-        ),
+        schemas.node("config", "properties", "train", "properties", "hyperparameters"),
     )
 except sweeps.SweepError as error:
     from snakemake.exceptions import WorkflowError
@@ -42,14 +40,18 @@ localrules:
 rule sweep_params:
     output:
         f"{SWEEP_DIR}/{{member}}/params.json",
+    log:
+        "logs/sweep/{member}/params.log",
+    conda:
+        "../envs/pipeline.yaml"
     params:
         values=lambda wildcards: json.dumps(
             SWEEP_MEMBERS[wildcards.member], sort_keys=True
         ),
     message:
         "Writing the parameters of sweep member {wildcards.member}"
-    run:
-        Path(output[0]).write_text(params.values + "\n")
+    shell:
+        "printf '%s\\n' {params.values:q} > {output:q} 2> {log:q}"
 
 
 rule start_member:
@@ -74,8 +76,8 @@ rule start_member:
         "--name {wildcards.member:q} --params {input.params:q} > {log:q} 2>&1"
 
 
-# A failed member marks its MLflow run FAILED and fails its job; with --keep-going the other members go on.
-MARK_FAILED = "python -m {params.package:q}.tracking fail --run-file {input.run:q} >> {log:q} 2>&1; exit 1"
+# A failed member marks its MLflow run FAILED (tracking fail) and fails its job; with --keep-going the other
+# members go on.
 
 
 rule train_member:
@@ -125,7 +127,8 @@ rule train_member:
     message:
         "Training sweep member {wildcards.member}"
     shell:
-        "({params.probe}; {params.command}) > {log:q} 2>&1 || (" + MARK_FAILED + ")"
+        "({params.probe}; {params.command}) > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
+        "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
 
 
 rule evaluate_member:
@@ -154,7 +157,8 @@ rule evaluate_member:
         "(python -m {params.package:q}.evaluate --model {input.model:q} --test {input.test:q} "
         "--metrics {output.metrics:q} --table {output.table:q} "
         "--confusion-plot {output.confusion:q} --predictions {output.predictions:q} "
-        "--run-file {input.run:q}) > {log:q} 2>&1 || (" + MARK_FAILED + ")"
+        "--run-file {input.run:q}) > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
+        "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
 
 
 rule aggregate_sweep:
