@@ -156,3 +156,27 @@ def test_report_has_a_sweep_category(swept):
 def test_rerun_has_nothing_to_do(swept):
     _, _, again = swept
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_failed_members_are_marked_and_the_others_kept(swept):
+    """Two more members that cannot train (a batch larger than the data), with --keep-going: their child runs are
+    FAILED, the finished members are not trained again and the pipeline's run is kept."""
+    import mlflow
+
+    project, _, _ = swept
+    parent = json.loads((project / "results/mlflow/run.json").read_text())
+    before = {p: p.stat().st_mtime_ns for p in (project / "results/sweep").glob("*/model/model.pt")}
+    failing = {**SWEEP, "list": [{"batch_size": 100000}]}
+    result = run(["snakemake", "--profile", "profiles/local", "--keep-going", *with_sweep(project, failing, "fail.yaml")],
+                 project, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count("(Rule: train_member)") == 2, output[-3000:]  # only the two new members
+    assert "(Rule: start_tracking)" not in output and "(Rule: prepare_data)" not in output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    children = [r for r in client.search_runs([parent["experiment_id"]])
+                if r.data.tags.get("mlflow.parentRunId") == parent["run_id"]]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert len(children) == 6 and len(failed) == 2
+    assert all(r.data.tags["sweep.member"].startswith("batch_size=100000_seed=") for r in failed)
