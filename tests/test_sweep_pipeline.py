@@ -171,7 +171,7 @@ def test_failed_members_are_marked_and_the_others_kept(swept):
                  project, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert output.count("(Rule: train_member)") == 2, output[-3000:]  # only the two new members
+    assert output.count("Training sweep member ") == 2, output[-3000:]  # only the two new members
     assert "(Rule: start_tracking)" not in output and "(Rule: prepare_data)" not in output
     assert {p: p.stat().st_mtime_ns for p in before} == before
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
