@@ -229,7 +229,8 @@ def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
     assert " ".join(line.split()) == GOLDEN_SBATCH[key]
 
 
-MLFLOW_WRITERS = {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model"}
+MLFLOW_WRITERS = {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model",
+                  "start_member", "train_member", "evaluate_member", "aggregate_sweep", "register_best_member"}
 
 
 def test_mlflow_writers_take_the_one_mlflow_db_slot():

@@ -110,6 +110,7 @@ RUN_FILE = "results/mlflow/run.json"
 CLUSTER = config["cluster"]
 SLURM_ACCOUNT = vocabulary.account(CLUSTER)
 # What the results depend on: the config without where the steps ran (provenance, never a reason to rerun),
+# without the sweep (each member's parameters are in its id; adding members must not start the pipeline over),
 # without what only the pods serving or exploring the results need (resources.serve_model, resources.notebook:
 # `make deploy-manifests`), so that sizing the model server never retrains, and without credentials (a tracking.uri
 # with a token): it is a rule parameter, logged and recorded.
@@ -123,7 +124,7 @@ RUN_CONFIG = json.dumps(
                 else value
             )
             for key, value in config.items()
-            if key != "cluster"
+            if key not in ("cluster", "sweep")
         }
     ),
     sort_keys=True,

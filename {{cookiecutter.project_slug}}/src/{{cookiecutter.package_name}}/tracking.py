@@ -62,6 +62,36 @@ def start(run_file: str | Path, experiment: str, params: dict) -> str:
     return info["run_id"]
 
 
+def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, params: dict) -> str:
+    """A sweep member's run, nested under the sweep's parent run (tag mlflow.parentRunId), with the member's
+    parameters; it stays RUNNING until its train and evaluate steps have logged into it (`fail` marks it FAILED)."""
+    import mlflow
+
+    parent = read_run_file(parent_run_file)
+    mlflow.set_tracking_uri(tracking_uri(parent))
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        parent["experiment_id"],
+        run_name=name,
+        tags={"mlflow.parentRunId": parent["run_id"], "sweep.member": name, **slurm_job_tag("sweep_member")},
+    )
+    for key, value in flatten(params, "train.hyperparameters.").items():
+        client.log_param(run.info.run_id, key, value)
+    info = {**parent, "run_id": run.info.run_id, "parent_run_id": parent["run_id"], "member": name}
+    run_file = Path(run_file)
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(info, indent=2) + "\n")
+    return info["run_id"]
+
+
+def mark_failed(run_file: str | Path) -> None:
+    """Mark a run FAILED (a sweep member whose step failed), so the MLflow UI shows it among its siblings."""
+    import mlflow
+
+    info = read_run_file(run_file)
+    mlflow.MlflowClient(tracking_uri=tracking_uri(info)).set_terminated(info["run_id"], status="FAILED")
+
+
 def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=(),
                step: str | None = None) -> None:
     import mlflow
@@ -118,19 +148,44 @@ def main(argv: list[str] | None = None) -> None:
     start_cmd.add_argument("--experiment", required=True)
     start_cmd.add_argument("--params", default="{}", help="JSON object logged as params")
     register_cmd = sub.add_parser("register", help="register the run's model in the MLflow model registry")
-    register_cmd.add_argument("--run-file", required=True)
+    register_cmd.add_argument("--run-file", help="the run whose model is registered")
     register_cmd.add_argument("--name", required=True, help="registered model name")
-    register_cmd.add_argument("--metrics", required=True, help="metrics JSON of the evaluate step")
-    register_cmd.add_argument("--provenance", required=True, help="provenance JSON of the run")
+    register_cmd.add_argument("--metrics", help="metrics JSON of the evaluate step")
+    register_cmd.add_argument("--best", help="a sweep's best.json: its best member's run and metrics")
+    register_cmd.add_argument("--provenance", help="provenance JSON of the run (its tags go on the version)")
+    register_cmd.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                              help="another tag on the version (e.g. the sweep's parent run)")
+    child_cmd = sub.add_parser("start-child", help="create a sweep member's run under the sweep's parent run")
+    child_cmd.add_argument("--out", required=True, help="where to write the member's run id file")
+    child_cmd.add_argument("--parent-run-file", required=True)
+    child_cmd.add_argument("--name", required=True, help="the member id")
+    child_cmd.add_argument("--params", required=True, help="JSON file of the member's hyper-parameters")
+    fail_cmd = sub.add_parser("fail", help="mark a run FAILED")
+    fail_cmd.add_argument("--run-file", required=True)
     register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
     if args.command == "start":
         run_id = start(args.out, args.experiment, json.loads(args.params))
         print(f"MLflow run {run_id} in experiment '{args.experiment}'")
         return
-    prov = json.loads(Path(args.provenance).read_text())
-    registered = register(args.run_file, args.name, json.loads(Path(args.metrics).read_text()),
-                          provenance.to_tags(prov))
+    if args.command == "start-child":
+        run_id = start_child(args.out, args.parent_run_file, args.name, json.loads(Path(args.params).read_text()))
+        print(f"MLflow run {run_id} for sweep member {args.name}")
+        return
+    if args.command == "fail":
+        mark_failed(args.run_file)
+        return
+    if args.best:  # a sweep's best member: its run file, its metrics next to it
+        args.run_file = json.loads(Path(args.best).read_text())["run_file"]
+        args.metrics = str(Path(args.run_file).parent / "metrics.json")
+    if not (args.run_file and args.metrics):
+        parser.error("register needs --run-file and --metrics, or --best")
+    tags = provenance.to_tags(json.loads(Path(args.provenance).read_text())) if args.provenance else {}
+    tags.update(dict(tag.split("=", 1) for tag in args.tag))
+    parent = read_run_file(args.run_file).get("parent_run_id")
+    if parent:
+        tags["sweep.parent_run_id"] = parent
+    registered = register(args.run_file, args.name, json.loads(Path(args.metrics).read_text()), tags)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(registered, indent=2) + "\n")
     print(f"registered {registered['model_uri']} (model {registered['model_id']}, run {registered['run_id']})")

@@ -1,0 +1,183 @@
+"""A sweep's members from config `sweep:` (workflow/rules/sweep.smk): grid, list, random samples, seed replicas.
+
+Each member is one full set of training hyper-parameters (config `train.hyperparameters` with the member's values
+over it) and has a short, stable, readable id: a few `key=value` parts of what it changes, then a hash of all its
+parameters, e.g. `learning_rate=0.01_seed=43_1f2e3d4c`. The same config always gives the same ids in the same
+order. Every problem is found before anything runs and named by its config key (SweepError).
+
+    members(config) -> {member id: full hyper-parameters}     (empty: no sweep, the single run)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Mapping
+
+# The member ids' characters (the wildcard's constraint in sweep.smk).
+MEMBER_ID = r"[A-Za-z0-9.=_-]+"
+READABLE_LENGTH = 48  # characters of key=value parts before the hash
+HASH_LENGTH = 8
+
+
+class SweepError(ValueError):
+    """A sweep configuration refused before anything runs; the message names the config key."""
+
+
+def configured(sweep: Mapping | None) -> bool:
+    """Whether `sweep:` asks for more than today's single run."""
+    sweep = sweep or {}
+    return bool(sweep.get("grid") or sweep.get("list") or sweep.get("random") or sweep.get("seeds"))
+
+
+def _check_keys(where: str, values: Mapping, allowed: Mapping) -> None:
+    if not values:
+        raise SweepError(f"config {where} is empty: give at least one parameter")
+    for key in values:
+        if key not in allowed:
+            raise SweepError(
+                f"config {where}.{key}: {key!r} is not a training hyper-parameter (train.hyperparameters has "
+                f"{sorted(allowed)})"
+            )
+
+
+def grid_sets(grid: Mapping, base: Mapping) -> list[dict]:
+    """The cartesian product of sweep.grid (parameter -> list of values), in the config's key order."""
+    if not grid:
+        return []
+    _check_keys("sweep.grid", grid, base)
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise SweepError(f"config sweep.grid.{key}: give a list of values, not {values!r}")
+        if not values:
+            raise SweepError(f"config sweep.grid.{key}: the list of values is empty, so the grid has no member")
+    keys = list(grid)
+    return [dict(zip(keys, combination)) for combination in itertools.product(*(grid[key] for key in keys))]
+
+
+def list_sets(sets: list, base: Mapping) -> list[dict]:
+    """sweep.list: explicit parameter sets."""
+    chosen = []
+    for index, values in enumerate(sets or []):
+        if not isinstance(values, Mapping):
+            raise SweepError(f"config sweep.list[{index}]: give a mapping of parameter -> value, not {values!r}")
+        _check_keys(f"sweep.list[{index}]", values, base)
+        chosen.append(dict(values))
+    return chosen
+
+
+def _round(value: float) -> float:
+    """6 significant digits: readable ids and tables, the same on every machine."""
+    return float(f"{value:.6g}")
+
+
+def _sample(rng: random.Random, key: str, spec, where: str):
+    if not isinstance(spec, Mapping):
+        raise SweepError(f"config {where}.{key}: give {{choices: [...]}} or {{low, high[, log]}}, not {spec!r}")
+    if "choices" in spec:
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise SweepError(f"config {where}.{key}: `choices` must be a non-empty list and stand alone")
+        return spec["choices"][rng.randrange(len(spec["choices"]))]
+    unknown = sorted(set(spec) - {"low", "high", "log"})
+    if unknown or not {"low", "high"} <= set(spec):
+        raise SweepError(f"config {where}.{key}: a range is {{low, high[, log]}} (got keys {sorted(spec)})")
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    if isinstance(low, bool) or isinstance(high, bool) or not all(isinstance(v, (int, float)) for v in (low, high)):
+        raise SweepError(f"config {where}.{key}: low and high must be numbers")
+    if not low < high:
+        raise SweepError(f"config {where}.{key}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise SweepError(f"config {where}.{key}: a log range needs low > 0 (got {low})")
+    integer = isinstance(low, int) and isinstance(high, int)
+    if log:
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return min(high, max(low, round(value))) if integer else _round(value)
+    return rng.randint(low, high) if integer else _round(rng.uniform(low, high))
+
+
+def random_sets(spec: Mapping | None, base: Mapping) -> list[dict]:
+    """sweep.random {count, seed, space}: `count` sets drawn from `space` (a stable generator seeded by `seed`)."""
+    if not spec:
+        return []
+    count = spec.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SweepError(f"config sweep.random.count: give a number of samples >= 1, not {count!r}")
+    space = spec.get("space") or {}
+    _check_keys("sweep.random.space", space, base)
+    rng = random.Random(spec.get("seed", 0))
+    return [{key: _sample(rng, key, space[key], "sweep.random.space") for key in space} for _ in range(count)]
+
+
+def _text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "x".join(_text(v) for v in value)
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9.-]", "", str(value))
+
+
+def member_id(changed: Mapping, params: Mapping) -> str:
+    """`key=value` parts of what the member changes (cut to READABLE_LENGTH) and a hash of all its parameters."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:HASH_LENGTH]
+    readable = "_".join(f"{key}={_text(value)}" for key, value in changed.items())[:READABLE_LENGTH].rstrip("_=")
+    return f"{readable}_{digest}" if readable else digest
+
+
+def check_params(params: Mapping, schema: Mapping | None, member: str) -> None:
+    """The member's parameters against the schema of train.hyperparameters (e.g. dropout below 1)."""
+    if schema is None:
+        return
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(params)), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(part) for part in error.path) or "?"
+        raise SweepError(f"config sweep: member {member} sets train.hyperparameters.{key}: {error.message}")
+
+
+def members(config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
+    """{member id: full hyper-parameters} of config `sweep:` (grid, then list, then random; each with its seed
+    replicas); empty when no sweep is configured. `schema`: train.hyperparameters' schema, to check each member."""
+    sweep = config.get("sweep") or {}
+    if not configured(sweep):
+        return {}
+    base = dict(config["train"]["hyperparameters"])
+    sets = grid_sets(sweep.get("grid") or {}, base) + list_sets(sweep.get("list") or [], base)
+    sets += random_sets(sweep.get("random"), base)
+    seeds = sweep.get("seeds", 0)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+        raise SweepError(f"config sweep.seeds: give a number of replicas >= 0, not {seeds!r}")
+    seed_key = sweep.get("seed_key", "seed")
+    if seeds and seed_key not in base:
+        raise SweepError(
+            f"config sweep.seed_key: {seed_key!r} is not a training hyper-parameter (train.hyperparameters has "
+            f"{sorted(base)}), so sweep.seeds cannot replicate"
+        )
+    if seeds and any(seed_key in values for values in sets):
+        raise SweepError(f"config sweep.seeds: {seed_key!r} is also swept (grid, list or random): choose one")
+    if not sets:
+        sets = [{}]  # seeds alone: replicas of train.hyperparameters
+    found: dict[str, dict] = {}
+    for values in sets:
+        replicas = [{}] if not seeds else [{seed_key: base[seed_key] + k} for k in range(seeds)]
+        for replica in replicas:
+            changed = {**values, **replica}
+            params = {**base, **changed}
+            member = member_id(changed, params)
+            check_params(params, schema, member)
+            if member in found:
+                raise SweepError(f"config sweep: member {member} ({json.dumps(changed)}) is given twice")
+            found[member] = params
+    return found
+
+
+def swept_keys(members_: Mapping[str, Mapping], seed_key: str = "seed") -> list[str]:
+    """The hyper-parameters that differ between members (the seed last), in the members' key order."""
+    first = next(iter(members_.values()), {})
+    keys = [key for key in first if len({json.dumps(p[key]) for p in members_.values()}) > 1]
+    return sorted(keys, key=lambda key: key == seed_key)

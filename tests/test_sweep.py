@@ -1,0 +1,90 @@
+"""A sweep's members (rules_lib/lib/smkml/sweep.py): what config `sweep:` expands to, the ids, what is refused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from smkml import schemas
+from smkml.sweep import MEMBER_ID, SweepError, configured, members, swept_keys
+
+from conftest import project_config
+
+HYPER = schemas.node("config", "properties", "train", "properties", "hyperparameters")
+
+
+def expand(**sweep) -> dict[str, dict]:
+    return members(project_config(sweep=sweep), HYPER)
+
+
+def test_no_sweep_is_the_single_run():
+    config = project_config()
+    assert not configured(config["sweep"]) and config["sweep"]["metric"] == "accuracy"  # the schema's defaults
+    assert members(config, HYPER) == {}
+    assert expand() == {}
+
+
+def test_grid_times_seeds():
+    found = expand(grid={"learning_rate": [0.001, 0.01], "hidden_sizes": [[64], [128, 64]]}, seeds=2)
+    assert len(found) == 8
+    base = project_config()["train"]["hyperparameters"]
+    assert {p["seed"] for p in found.values()} == {base["seed"], base["seed"] + 1}
+    assert {(p["learning_rate"], tuple(p["hidden_sizes"])) for p in found.values()} == {
+        (0.001, (64,)), (0.001, (128, 64)), (0.01, (64,)), (0.01, (128, 64))}
+    for member, params in found.items():
+        assert re.fullmatch(MEMBER_ID, member) and len(member) <= 48 + 9
+        assert set(params) == set(base) and params["epochs"] == base["epochs"]
+    first = next(iter(found))
+    assert first.startswith("learning_rate=0.001_hidden_sizes=64_seed=42_"), first
+    assert swept_keys(found) == ["learning_rate", "hidden_sizes", "seed"]
+
+
+def test_ids_are_stable_and_follow_the_parameters():
+    sweep = {"grid": {"dropout": [0.0, 0.2]}, "list": [{"batch_size": 32}], "seeds": 1}
+    assert list(expand(**sweep)) == list(expand(**sweep))
+    ids = list(expand(**sweep))
+    assert ids[0].startswith("dropout=0_seed=42_") and ids[2].startswith("batch_size=32_seed=42_")
+    other = project_config(sweep=sweep)
+    other["train"]["hyperparameters"]["epochs"] += 1  # a parameter not in the id still changes its hash
+    assert set(members(other, HYPER)).isdisjoint(ids)
+
+
+def test_random_samples_are_reproducible_and_in_range():
+    space = {"learning_rate": {"low": 0.0001, "high": 0.1, "log": True}, "batch_size": {"choices": [16, 32, 64]},
+             "epochs": {"low": 1, "high": 3}}
+    found = expand(random={"count": 5, "seed": 7, "space": space})
+    assert list(found) == list(expand(random={"count": 5, "seed": 7, "space": space}))
+    assert list(found) != list(expand(random={"count": 5, "seed": 8, "space": space}))
+    for params in found.values():
+        assert 0.0001 <= params["learning_rate"] <= 0.1
+        assert params["batch_size"] in (16, 32, 64)
+        assert isinstance(params["epochs"], int) and 1 <= params["epochs"] <= 3
+
+
+def test_seeds_alone_replicate_the_configured_parameters():
+    found = expand(seeds=3)
+    assert [p["seed"] for p in found.values()] == [42, 43, 44]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "named"),
+    [
+        ({"grid": {"learning_rat": [0.1]}}, "sweep.grid.learning_rat"),
+        ({"grid": {"epochs": []}}, "sweep.grid.epochs"),
+        ({"list": [{"momentum": 0.9}]}, "sweep.list[0].momentum"),
+        ({"list": [{}]}, "sweep.list[0]"),
+        ({"seeds": -1}, "sweep.seeds"),
+        ({"seeds": 2, "seed_key": "rng"}, "sweep.seed_key"),
+        ({"seeds": 2, "grid": {"seed": [1, 2]}}, "sweep.seeds"),
+        ({"random": {"count": 0, "space": {"dropout": {"low": 0, "high": 0.5}}}}, "sweep.random.count"),
+        ({"random": {"count": 2, "space": {"dropout": {"low": 0.5, "high": 0.1}}}}, "sweep.random.space.dropout"),
+        ({"random": {"count": 2, "space": {"dropout": {"sampler": "tpe"}}}}, "sweep.random.space.dropout"),
+        ({"grid": {"dropout": [1.5]}}, "train.hyperparameters.dropout"),
+        ({"grid": {"dropout": [0.1]}, "list": [{"dropout": 0.1}]}, "given twice"),
+    ],
+)
+def test_bad_sweeps_are_refused_naming_the_key(sweep, named):
+    config = project_config()
+    config["sweep"] = sweep  # unvalidated: the module's own checks (the schema catches some first)
+    with pytest.raises(SweepError, match=re.escape(named)):
+        members(config, HYPER)

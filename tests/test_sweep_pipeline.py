@@ -1,0 +1,182 @@
+"""A sweep in a generated project: bad sweep configs refused by a dry run, and a real 2 x 2-seed sweep on the demo
+data (aggregate table, best member, nested MLflow runs, the report's Sweep category, a rerun with nothing to do)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import yaml
+
+from conftest import generate, run
+from test_pipeline_e2e import embedded_files
+
+# Small and quick: one rank, one epoch, no checkpoints; 2 learning rates x 2 seeds = 4 members.
+SMALL_TRAIN = {
+    "processes": 1,
+    "checkpoint_every": 0,
+    "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.001, "hidden_sizes": [32],
+                        "dropout": 0.0, "seed": 42},
+}
+SWEEP = {"grid": {"learning_rate": [0.001, 0.01]}, "seeds": 2, "metric": "accuracy", "direction": "maximize"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("sweep"), training_backend="torch_ddp")
+
+
+def with_sweep(project, sweep, name="sweep.yaml", train=SMALL_TRAIN) -> list[str]:
+    """--configfile arguments: the project's config, then a file with the small training and `sweep`."""
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    config["train"] = {**config["train"], **train}
+    config["sweep"] = sweep
+    path = project / name
+    path.write_text(yaml.safe_dump(config))
+    return ["--configfile", str(path)]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "named"),
+    [
+        ({"grid": {"learning_rat": [0.1, 0.2]}}, "sweep.grid.learning_rat"),
+        ({"grid": {"epochs": []}}, "epochs"),
+        ({"seeds": -2}, "seeds"),
+        ({"list": [{"momentum": 0.9}]}, "sweep.list[0].momentum"),
+        ({"seeds": 2, "seed_key": "rng"}, "sweep.seed_key"),
+        ({"random": {"count": 2, "space": {"dropout": {"sampler": "tpe"}}}}, "sweep.random.space.dropout"),
+        ({"random": {"count": 0, "space": {"dropout": {"low": 0, "high": 0.5}}}}, "count"),
+        ({"grid": {"dropout": [0.5, 1.0]}}, "train.hyperparameters.dropout"),
+        ({"search": {"sampler": "tpe", "trials": 4}}, "search"),
+    ],
+    ids=["unknown-key", "empty-list", "negative-seeds", "list-unknown-key", "seed-key-missing", "unknown-sampler",
+         "no-samples", "out-of-range", "adaptive-not-built"],
+)
+def test_bad_sweep_refused_before_anything_runs(project, sweep, named):
+    result = run(["snakemake", "-n", *with_sweep(project, sweep, "bad.yaml")], project, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert named in output, output[-3000:]
+    assert not (project / "results").exists()
+
+
+def test_no_sweep_plans_the_single_run(project):
+    dry = run(["snakemake", "-n", *with_sweep(project, {}, "none.yaml")], project).stdout
+    assert "train_model" in dry and "train_member" not in dry and "aggregate_sweep" not in dry
+
+
+@pytest.fixture(scope="module")
+def swept(project):
+    """The real sweep, its report, and a second run."""
+    args = ["snakemake", "--profile", "profiles/local", *with_sweep(project, SWEEP)]
+    first = run(args, project, timeout=1500)
+    run([*args, "--report", "results/report.html"], project)
+    again = run(args, project)
+    return project, first, again
+
+
+def test_every_member_trained_and_was_evaluated(swept):
+    project, first, _ = swept
+    output = first.stdout + first.stderr
+    for rule in ("train_member", "evaluate_member"):
+        assert output.count(f"(Rule: {rule})") == 4
+    assert "(Rule: train_model)" not in output  # a sweep trains its members, not the single run
+    members = sorted(p.parent.name for p in (project / "results/sweep").glob("*/params.json"))
+    assert len(members) == 4
+    for member in members:
+        params = json.loads((project / "results/sweep" / member / "params.json").read_text())
+        assert member.startswith(f"learning_rate={params['learning_rate']:g}_seed={params['seed']}_")
+        history = json.loads((project / "results/sweep" / member / "model/history.json").read_text())
+        assert history["params"] == params
+
+
+def test_aggregate_table_and_best_member(swept):
+    project, _, _ = swept
+    with (project / "results/sweep/aggregate.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    assert {(r["learning_rate"], r["seed"]) for r in rows} == {(lr, s) for lr in ("0.001", "0.01") for s in ("42", "43")}
+    for row in rows:
+        metrics = json.loads((project / "results/sweep" / row["member"] / "metrics.json").read_text())
+        assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
+    best = json.loads((project / "results/sweep/best.json").read_text())
+    top = max(rows, key=lambda r: float(r["accuracy"]))
+    assert best["member"] == top["member"] and best["value"] == pytest.approx(float(top["accuracy"]))
+    assert best["swept"] == ["learning_rate", "seed"]
+    # mean and spread across the 2 seeds of each learning rate
+    for entry in best["sets"]:
+        values = [float(r["accuracy"]) for r in rows if float(r["learning_rate"]) == entry["params"]["learning_rate"]]
+        assert entry["n"] == 2
+        assert entry["mean"] == pytest.approx(statistics.fmean(values))
+        assert entry["std"] == pytest.approx(statistics.stdev(values))
+    page = (project / "results/sweep/aggregate.html").read_text()
+    assert best["member"] in page and "mean ± std" in page
+    assert (project / "results/sweep/plots/metric_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_parent_with_a_child_per_member_and_the_best_registered(swept):
+    import mlflow
+
+    project, _, _ = swept
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    parent = json.loads((project / "results/mlflow/run.json").read_text())
+    runs = client.search_runs([parent["experiment_id"]])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent["run_id"]]
+    assert len(runs) == 5 and len(children) == 4
+    members = {p.parent.name: json.loads(p.read_text()) for p in (project / "results/sweep").glob("*/run.json")}
+    assert {c.info.run_id for c in children} == {info["run_id"] for info in members.values()}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        member = child.data.tags["sweep.member"]
+        params = json.loads((project / "results/sweep" / member / "params.json").read_text())
+        assert child.data.params["train.hyperparameters.learning_rate"] == str(params["learning_rate"])
+        metrics = json.loads((project / "results/sweep" / member / "metrics.json").read_text())
+        assert child.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    best = json.loads((project / "results/sweep/best.json").read_text())
+    top = client.get_run(parent["run_id"])
+    assert top.data.tags["sweep.best_member"] == best["member"]
+    assert top.data.tags["sweep.best_run_id"] == best["run_id"]
+    assert top.data.metrics["best_accuracy"] == pytest.approx(best["value"])
+    registered = json.loads((project / "results/sweep/mlflow/registered_model.json").read_text())
+    assert registered["run_id"] == best["run_id"]
+    version = client.get_model_version(registered["name"], str(registered["version"]))
+    assert version.tags["sweep.parent_run_id"] == parent["run_id"]
+
+
+def test_report_has_a_sweep_category(swept):
+    project, _, _ = swept
+    report = (project / "results/report.html").read_text()
+    assert "Sweep" in report
+    files = embedded_files(report)
+    assert {"aggregate.csv", "aggregate.html", "metric_vs_params.png"} <= set(files), sorted(files)
+
+
+def test_rerun_has_nothing_to_do(swept):
+    _, _, again = swept
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_failed_members_are_marked_and_the_others_kept(swept):
+    """Two more members that cannot train (a batch larger than the data), with --keep-going: their child runs are
+    FAILED, the finished members are not trained again and the pipeline's run is kept."""
+    import mlflow
+
+    project, _, _ = swept
+    parent = json.loads((project / "results/mlflow/run.json").read_text())
+    before = {p: p.stat().st_mtime_ns for p in (project / "results/sweep").glob("*/model/model.pt")}
+    failing = {**SWEEP, "list": [{"batch_size": 100000}]}
+    result = run(["snakemake", "--profile", "profiles/local", "--keep-going", *with_sweep(project, failing, "fail.yaml")],
+                 project, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count("Training sweep member ") == 2, output[-3000:]  # only the two new members
+    assert "(Rule: start_tracking)" not in output and "(Rule: prepare_data)" not in output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    children = [r for r in client.search_runs([parent["experiment_id"]])
+                if r.data.tags.get("mlflow.parentRunId") == parent["run_id"]]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert len(children) == 6 and len(failed) == 2
+    assert all(r.data.tags["sweep.member"].startswith("batch_size=100000_seed=") for r in failed)
