@@ -94,7 +94,7 @@ def load_redaction():
 
 redaction = load_redaction()
 # The MLflow store reaches the jobs through the environment (this file is parsed again in every cluster job and
-# pod), never through a command line, a rule parameter or Snakemake's records: tracking.uri may hold credentials.
+# pod), never through a command line, a parameter or Snakemake's records, since tracking.uri may hold credentials.
 # An MLFLOW_TRACKING_URI set by the user wins over the config's.
 os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
 
@@ -119,7 +119,7 @@ RUN_CONFIG = json.dumps(
     redaction.redact(
         {
             key: (
-                {rule: need for rule, need in value.items() if rule not in DEPLOY_ONLY}
+                {name: need for name, need in value.items() if name not in DEPLOY_ONLY}
                 if key == "resources"
                 else value
             )

@@ -72,7 +72,10 @@ def package_imports(module) -> tuple[set[str], set[str]]:
 
 
 def test_run_provenance_and_tracking_depend_one_way():
-    """pipeline_run <- provenance <- tracking: no import circle, none hidden inside a function."""
-    assert package_imports(pipeline_run) == (set(), set())
-    assert package_imports(provenance) == ({"pipeline_run"}, set())
-    assert package_imports(tracking) == ({"provenance", "pipeline_run"}, set())
+    """redaction <- pipeline_run <- provenance <- tracking: no import circle, none hidden inside a function."""
+    from {{ cookiecutter.package_name }} import redaction
+
+    assert package_imports(redaction) == (set(), set())
+    assert package_imports(pipeline_run) == ({"redaction"}, set())
+    assert package_imports(provenance) == ({"pipeline_run", "redaction"}, set())
+    assert package_imports(tracking) == ({"provenance", "pipeline_run", "redaction"}, set())
