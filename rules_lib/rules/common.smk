@@ -145,8 +145,10 @@ TRAIN_RANKS = vocabulary.ranks(
     CLUSTER,
     config["train"]["processes"],
 )
-# Training this machine or the ranks cannot carry stops here, before any step runs: a global batch the ranks do
-# not divide; locally, more ranks than cores (unless train.oversubscribe).
+# Training this machine or the ranks cannot carry stops here, before any step runs: first a request the cluster
+# cannot give (planning the step checks it), then a global batch the ranks do not divide; locally, more ranks than
+# cores (unless train.oversubscribe).
+step("train_model", TRAIN_RANKS)
 schemas.check_training(
     config,
     TRAIN_RANKS,
