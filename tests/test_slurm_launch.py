@@ -34,6 +34,10 @@ DDP_PROBE = textwrap.dedent(
 )
 
 
+MPICH_LINE = re.compile(r"mpich rank (\d+)/(\d+) on (nid\d+) sum (\d+)")
+RANK_LINE = re.compile(r"rank (\d+)/(\d+) on (nid\d+) sum (\d+) at ([\w.]+:\d+)")
+
+
 def stripped(command: str) -> str:
     """`command` as the jobstep executor runs it: every SLURM_* variable dropped except the job id."""
     keep = "SLURM_JOB_ID=$SLURM_JOB_ID SLURM_CONF=$SLURM_CONF"
@@ -78,8 +82,8 @@ def test_ranks_on_both_nodes_meet_at_the_first_nodes_address(slurm_cluster, tmp_
     out = (tmp_path / "two-nodes.out").read_text()
     address, port = slurm_cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
     assert f"rendezvous: MASTER_ADDR={address} (first node nid001) MASTER_PORT={port}" in out, out
-    ranks = sorted(line for line in out.splitlines() if line.startswith("rank "))
-    assert ranks == [f"rank {r}/4 on {'nid001' if r < 2 else 'nid002'} sum 6 at {address}:{port}" for r in range(4)], out
+    ranks = sorted(RANK_LINE.findall(out))  # ranks on two nodes share one output file: lines may run together
+    assert ranks == [(str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)], out
 
 
 def test_torchrun_per_node_across_both_nodes(slurm_cluster, tmp_path, probe):
@@ -91,9 +95,9 @@ def test_torchrun_per_node_across_both_nodes(slurm_cluster, tmp_path, probe):
                  f"{torchrun} --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d {probe}")
     wait(slurm_cluster, [job])
     out = (tmp_path / "torchrun.out").read_text()
-    hosts = sorted(line.split(" on ")[1].split()[0] for line in out.splitlines() if line.startswith("rank "))
-    assert hosts == ["nid001", "nid001", "nid002", "nid002"], out
-    assert all(" sum 6 " in line for line in out.splitlines() if line.startswith("rank ")), out
+    ranks = RANK_LINE.findall(out)  # ranks on two nodes share one output file: lines may run together
+    assert sorted(host for _, _, host, _, _ in ranks) == ["nid001", "nid001", "nid002", "nid002"], out
+    assert all(total == "6" for _, _, _, total, _ in ranks), out
 
 
 def test_two_jobs_on_one_node_do_not_share_a_rendezvous_port(slurm_cluster, tmp_path, probe):
@@ -105,7 +109,7 @@ def test_two_jobs_on_one_node_do_not_share_a_rendezvous_port(slurm_cluster, tmp_
     ]
     wait(slurm_cluster, jobs)
     outs = [(tmp_path / f"job{i}.out").read_text() for i in range(2)]
-    ports = {line.rsplit(":", 1)[1] for out in outs for line in out.splitlines() if line.startswith("rank ")}
+    ports = {point.rsplit(":", 1)[1] for out in outs for *_, point in RANK_LINE.findall(out)}
     assert ports == {str(slurm_launch.rendezvous_port(job)) for job in jobs} and len(ports) == 2, outs
     rows = [slurm_cluster.sacct(job, ["NodeList", "Start", "End"])[0] for job in jobs]
     assert all(row["State"] == "COMPLETED" and row["NodeList"] == "nid001" for row in rows), rows
@@ -208,11 +212,10 @@ def test_mpich_ranks_started_by_srun_get_pmi2_across_both_nodes(slurm_cluster, t
     wait(slurm_cluster, list(jobs.values()))
     with_pmi = (tmp_path / "mpich-pmi2.out").read_text()
     assert "mpi: srun --mpi=pmi2 (cluster.mpi)" in with_pmi
-    lines = sorted(line for line in with_pmi.splitlines() if line.startswith("mpich rank"))
-    assert lines == [f"mpich rank {r}/4 on {'nid001' if r < 2 else 'nid002'} sum 6" for r in range(4)], with_pmi
+    lines = sorted(MPICH_LINE.findall(with_pmi))
+    assert lines == [(str(r), "4", "nid001" if r < 2 else "nid002", "6") for r in range(4)], with_pmi
     alone = (tmp_path / "mpich-none.out").read_text()
-    assert sorted(line for line in alone.splitlines() if line.startswith("mpich rank")) == [
-        f"mpich rank 0/1 on {node} sum 0" for node in ("nid001", "nid001", "nid002", "nid002")], alone
+    assert sorted(MPICH_LINE.findall(alone)) == [("0", "1", node, "0") for node in ("nid001", "nid001", "nid002", "nid002")], alone
 
 
 def test_one_horovod_rank_in_the_executors_own_step(slurm_cluster, tmp_path):

@@ -83,7 +83,7 @@ def test_every_step_ran_as_a_slurm_job(lumi_run):
         job = sacct(cluster, ids[rule], "JobID,Partition,Account,State")[0]
         assert job["State"] == "COMPLETED", (rule, job)
         assert job["Account"] == ACCOUNT, (rule, job)
-        assert job["Partition"] == ("small-g" if rule == "train_model" else "small"), (rule, job)
+        assert job["Partition"] == ("standard-g" if rule == "train_model" else "small"), (rule, job)  # 2 nodes
 
 
 def test_bookkeeping_steps_ran_without_a_slurm_job(lumi_run):
