@@ -5,6 +5,7 @@ works in."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -65,3 +66,19 @@ def in_workdir(prefix: str, keep: bool, body: Callable[[Path], None], kept_note:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"kept {workdir}{kept_note}")
+
+
+def print_machine(machine: dict) -> None:
+    """The machine line every benchmark summary prints (from pipeline.machine_info, with loadavg_end added)."""
+    print(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
+        f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
+        f"{machine['loadavg_end'][0]:.2f}"
+    )
+
+
+def write_json(path: Path, result: dict) -> None:
+    """A benchmark's results as JSON at `path` (folders created), and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {path}")

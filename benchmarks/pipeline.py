@@ -45,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import BenchmarkError, base_environment, in_workdir, project_helpers, say  # benchmarks/harness.py
+from harness import BenchmarkError, base_environment, in_workdir, print_machine, write_json, project_helpers, say  # benchmarks/harness.py
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 PROFILE = "profiles/local"
@@ -534,11 +534,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], machine: dict, workdi
     machine["loadavg_end"] = list(os.getloadavg())
     print()
     print(f"Pipeline benchmark: {args.repeats} pair(s), plain run {mode}")
-    print(
-        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
-        f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
-        f"{machine['loadavg_end'][0]:.2f}"
-    )
+    print_machine(machine)
     print(table(figures))
     met = all(f["pass"] is not False for f in figures)
     print("all targets met" if met else "some targets missed (reported, not enforced)")
@@ -562,9 +558,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], machine: dict, workdi
             "pairs": pairs,
             "all_targets_met": met,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {args.json}")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import BenchmarkError, base_environment, in_workdir, say  # benchmarks/harness.py
+from harness import BenchmarkError, base_environment, in_workdir, print_machine, write_json, say  # benchmarks/harness.py
 from pipeline import (  # benchmarks/pipeline.py
     PLUGINS_DIR,
     THREAD_VARIABLES,
@@ -476,11 +476,7 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
         f"Slurm pipeline benchmark (mini-LUMI): {args.repeats} pair(s), backend {args.backend}, "
         f"--config {' '.join(args.config) or '(none)'}, train_model gpus {args.train_gpus or 'as generated'}"
     )
-    print(
-        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, Python {machine['python']}, "
-        f"Snakemake {machine['snakemake']}, load average {machine['loadavg_start'][0]:.2f} -> "
-        f"{machine['loadavg_end'][0]:.2f}"
-    )
+    print_machine(machine)
     print(table(figures))
     met = all(f["pass"] is not False for f in figures)
     print("target met" if met else "target missed (reported, not enforced)")
@@ -506,9 +502,7 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
             "pairs": pairs,
             "target_met": met,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {args.json}")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
