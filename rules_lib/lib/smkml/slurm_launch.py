@@ -132,7 +132,8 @@ def detect_mpi(runtime: list[str]) -> str:
 
 
 def job_caches(cache_dir: str, environ: dict[str, str]) -> dict[str, str]:
-    """Per-job cache folders under `cache_dir` (created here; the ranks' runtime sees the same /tmp)."""
+    """Per-job cache folders under `cache_dir`. Created here, on the job's first node; on the other nodes (a
+    node-local /tmp) MIOpen, torch and Hugging Face create them when they first write."""
     root = os.path.join(cache_dir, f"smkml-{environ.get('USER', 'user')}-{environ.get('SLURM_JOB_ID', os.getpid())}")
     caches = {name: os.path.join(root, sub) for name, sub in CACHES.items() if not environ.get(name)}
     for path in set(caches.values()):
