@@ -1,7 +1,12 @@
 """Generate the template across option combinations and check each project as its user would.
 
 The options come from cookiecutter.json, as cookiecutter-data-science's test matrix does: coupled options
-(backend x cluster) are taken as a full product; the others are cycled over it.
+(backend x cluster) are taken as a full product; the others are cycled over it. Every combination is generated and
+checked for layout, rendering, answers, vendored files and git/DVC state. The checks that run the project's own
+tools (make lint, the project's unit tests, dry runs under each profile) run on a covering subset: the fewest
+combinations in which every value of every option appears at least once (COVERING, computed from the options file).
+The project's slow unit tests (marker `slow`: model training, an MLflow store) do not depend on any answer but the
+backend, so they run once per backend.
 """
 
 from __future__ import annotations
@@ -38,18 +43,63 @@ def combinations():
 
 
 COMBINATIONS = list(combinations())
+OPTIONS = ("training_backend", "cluster", *CYCLED)
+
+
+def covering(combos: list[dict]) -> list[dict]:
+    """The fewest combinations (greedy) in which every value of every option appears, with and without an account."""
+    def values(answers):
+        return {(key, answers[key]) for key in OPTIONS} | {("account", "slurm_account" in answers)}
+
+    wanted = set().union(*(values(answers) for answers in combos))
+    chosen = []
+    while wanted:
+        best = max(combos, key=lambda answers: len(values(answers) & wanted))
+        chosen.append(best)
+        wanted -= values(best)
+    return sorted(chosen, key=combos.index)
+
+
+COVERING = covering(COMBINATIONS)
+# The first covering combination of each backend runs the project's whole unit suite, slow tests included.
+FULL_UNIT_SUITE = [next(a for a in COVERING if a["training_backend"] == backend) for backend in BACKENDS]
 
 
 def combo_id(answers):
-    return "-".join(answers[key] for key in ("training_backend", "cluster", "dvc_remote", "license"))
+    return "-".join(answers[key] for key in OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def bake(cookies_session):
+    """bake(answers): the project generated with these answers (each combination generated once per module)."""
+    baked = {}
+
+    def bake(answers):
+        key = combo_id(answers)
+        if key not in baked:
+            result = cookies_session.bake(extra_context=answers)
+            assert result.exit_code == 0 and result.exception is None, result.exception
+            baked[key] = (answers, result.project_path)
+        return baked[key]
+
+    return bake
 
 
 @pytest.fixture(scope="module", params=COMBINATIONS, ids=combo_id)
-def project(request, cookies_session):
-    answers = request.param
-    result = cookies_session.bake(extra_context=answers)
-    assert result.exit_code == 0 and result.exception is None, result.exception
-    return answers, result.project_path
+def project(request, bake):
+    return bake(request.param)
+
+
+@pytest.fixture(scope="module", params=COVERING, ids=combo_id)
+def covered_project(request, bake):
+    return bake(request.param)
+
+
+def test_covering_subset_has_every_value_of_every_option():
+    for key in OPTIONS:
+        assert {answers[key] for answers in COVERING} == set(choices(key)), key
+    assert {"slurm_account" in answers for answers in COVERING} == {True, False}
+    assert len(COVERING) < len(COMBINATIONS)
 
 
 REQUIRED_FILES = [
@@ -158,19 +208,20 @@ def test_git_and_dvc_state(project):
         assert (path / "data/raw/digits.csv").exists()
 
 
-def test_make_lint(project):
+def test_make_lint(covered_project):
     """`make lint`: snakemake --lint, snakefmt --check and the vendored files as received."""
-    _, path = project
+    _, path = covered_project
     lint = run(["make", "lint"], path, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
     assert "vendored files: " in lint.stdout
 
 
-def test_project_unit_tests(project):
-    _, path = project
+def test_project_unit_tests(covered_project):
+    answers, path = covered_project
     # Not the template-drift test: a commit to this checkout during the run would fail it (test_template_updates.py).
-    result = run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not template", "tests"], path)
+    selection = "not template" if answers in FULL_UNIT_SUITE else "not template and not slow"
+    result = run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", selection, "tests"], path)
     assert " passed" in result.stdout
 
 
@@ -178,16 +229,16 @@ JOBS = ["start_tracking", "prepare_data", "train_model", "evaluate_model"]
 
 
 @pytest.mark.parametrize("profile", ["local", "lumi", "slurm"])
-def test_dry_run_under_profile(project, profile):
-    _, path = project
+def test_dry_run_under_profile(covered_project, profile):
+    _, path = covered_project
     result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path, SBATCH_ACCOUNT="project_465000001")
     for job in JOBS:
         assert job in result.stdout
 
 
-def test_profiles_installed_for_snakemake_profile_name(project, tmp_path):
+def test_profiles_installed_for_snakemake_profile_name(covered_project, tmp_path):
     """`snakemake --profile lumi` as users type it, after installing the profiles; the path form works too."""
-    _, path = project
+    _, path = covered_project
     config_home = tmp_path / "xdg"
     installed = run(["python", "workflow/lib/smkml/install_profiles.py", "--dest", str(config_home / "snakemake")], path)
     assert "snakemake --profile lumi" in installed.stdout
@@ -202,8 +253,8 @@ def test_profiles_installed_for_snakemake_profile_name(project, tmp_path):
     assert (config_home / "snakemake/lumi/profile.yaml").read_text() == "executor: slurm\n"
 
 
-def test_dry_run_under_kubernetes_profile(project, s3_server):
-    _, path = project
+def test_dry_run_under_kubernetes_profile(covered_project, s3_server):
+    _, path = covered_project
     result = run(
         ["snakemake", "-n", "--profile", "profiles/kubernetes", "--storage-s3-endpoint-url", s3_server["endpoint"]],
         path,

@@ -13,6 +13,7 @@ def test_credentials_are_masked_and_the_rest_kept():
     assert redact({"tracking": {"uri": "http://u:p@h"}, "n": 1}) == {"tracking": {"uri": "http://***@h"}, "n": 1}
 
 
+@pytest.mark.slow
 def test_the_run_records_no_credential_and_later_steps_still_connect(tmp_path, monkeypatch):
     import mlflow
 

@@ -51,6 +51,7 @@ def params(hyperparameters):
     return make
 
 
+@pytest.mark.slow
 def test_training_learns_and_is_deterministic(tmp_path, params):
     features, labels = blobs()
     net, spec, history, _ = train.train(SingleProcess(), features, labels, params())
@@ -130,6 +131,7 @@ def state_of(net):
     return {name: tensor.clone() for name, tensor in net.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resumer", [SingleProcess, RebuildsOptimizer])
 @pytest.mark.parametrize("every", [7, 12])  # 7: checkpoints mid-epoch; 12 = steps per epoch: at epoch ends
 def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer, params):
@@ -151,6 +153,7 @@ def test_resumed_run_is_exactly_the_uninterrupted_one(tmp_path, every, resumer, 
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_run_is_ignored_with_a_warning(tmp_path, capsys, params):
     features, labels = blobs()
     directory = tmp_path / "ckpt"
@@ -210,6 +213,7 @@ class TermAfter(SingleProcess):
         return super().allreduce_sum(tensor)
 
 
+@pytest.mark.slow
 def test_a_stop_request_checkpoints_at_the_next_agreed_step_and_resumes_exactly(tmp_path, params):
     features, labels = blobs()
     _, _, history, _ = train.train(SingleProcess(), features, labels, params())
