@@ -9,7 +9,7 @@ DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env system-deps docs bench bench-slurm clean
+.PHONY: demo test env system-deps docs bench bench-slurm reliability-table clean
 
 # A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
@@ -56,6 +56,10 @@ bench: env
 # sbatch script (starts the cluster; needs root).
 bench-slurm: env
 	python benchmarks/slurm_pipeline.py
+
+# docs/reliability.md from the tests' reliability markers (tests/reliability.py).
+reliability-table: env
+	python -m pytest --collect-only -q --reliability-table=docs/reliability.md >/dev/null
 
 clean:
 	rm -rf build site

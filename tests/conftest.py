@@ -12,6 +12,8 @@ import pytest
 import yaml
 from cookiecutter.main import cookiecutter
 
+from reliability import pytest_addoption, pytest_collection_modifyitems  # noqa: F401  (hooks: docs/reliability.md)
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 SKELETON = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"

@@ -79,6 +79,11 @@ def generate_refused(tmp_path, answers):
 
 
 @pytest.mark.parametrize("answers, message", BAD_ANSWERS, ids=[ids(c) for c in BAD_ANSWERS])
+@pytest.mark.reliability(
+    tried="A template answer that would give a broken project",
+    sees="`ERROR:` line naming the answer and what is allowed, exit 1, no traceback",
+    left="nothing: no project folder, no DVC remote folder",
+)
 def test_bad_answer_is_named_and_nothing_is_written(tmp_path, answers, message):
     """Refused before the project directory is created: `ERROR:` lines, exit 1, no traceback, no directory."""
     result = generate_refused(tmp_path, answers)
@@ -89,11 +94,17 @@ def test_bad_answer_is_named_and_nothing_is_written(tmp_path, answers, message):
 
 
 @pytest.mark.parametrize("answers, message", BAD_CHOICES, ids=[ids(c) for c in BAD_CHOICES])
+@pytest.mark.reliability(
+    tried="An answer outside the choices in cookiecutter.json",
+    sees="cookiecutter's message naming the choices, exit 1",
+    left="nothing",
+)
 def test_bad_choice_is_named_and_nothing_is_written(tmp_path, answers, message):
     result = generate_refused(tmp_path, answers)
     assert message in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.reliability(tried="Several bad answers at once", sees="one `ERROR:` line per bad answer", left="nothing")
 def test_every_bad_answer_is_reported_on_its_own_line(tmp_path):
     result = generate_refused(tmp_path, {"package_name": "1x", "author_email": "x"})
     output = result.stdout + result.stderr
@@ -117,6 +128,11 @@ EXPRESSIONS = {
 
 @pytest.mark.parametrize("key", ["description", "project_name", "author_name", "project_slug", "dvc_remote_url"])
 @pytest.mark.parametrize("form", list(EXPRESSIONS))
+@pytest.mark.reliability(
+    tried="Jinja syntax in a free-text answer (an expression that would write a file)",
+    sees="`ERROR:` naming the answer; the expression never runs",
+    left="nothing: no file written by the expression, no project",
+)
 def test_template_syntax_in_an_answer_is_refused_and_never_evaluated(tmp_path, key, form):
     evidence = tmp_path / "evaluated"
     value = EXPRESSIONS[form](evidence)
@@ -127,12 +143,22 @@ def test_template_syntax_in_an_answer_is_refused_and_never_evaluated(tmp_path, k
     assert not evidence.exists(), "the answer was evaluated"
 
 
+@pytest.mark.reliability(
+    tried="The template's own default expression typed into another answer",
+    sees="`ERROR:` naming the answer",
+    left="nothing",
+)
 def test_the_templates_own_expression_is_refused_as_another_answer(tmp_path):
     """Only a key's own default in cookiecutter.json may hold template syntax, not a copy of it in another answer."""
     result = generate_refused(tmp_path, {"description": "{{ cookiecutter.project_name | slug }}"})
     assert "ERROR: description '{{ cookiecutter.project_name | slug }}' contains template syntax" in result.stdout
 
 
+@pytest.mark.reliability(
+    tried="Jinja syntax in extra_context through cookiecutter's Python API",
+    sees="an error naming the answer; never evaluated",
+    left="nothing",
+)
 def test_template_syntax_is_refused_through_the_python_api(tmp_path):
     """The same through cookiecutter's Python API (what pytest-cookies and cruft call): an exception naming the
     answer, the file the expression would write not written, no project directory."""
@@ -145,6 +171,11 @@ def test_template_syntax_is_refused_through_the_python_api(tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.reliability(
+    tried="Jinja syntax typed at the interactive prompt",
+    sees="`ERROR:` naming the answer; never evaluated",
+    left="nothing",
+)
 def test_template_syntax_typed_at_the_prompt_is_refused(tmp_path):
     """Typed answers are not rendered by cookiecutter's prompts but land in the files: refused before any is written."""
     out = tmp_path / "out"
@@ -177,6 +208,11 @@ def odd_project(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("odd"), **ODD)
 
 
+@pytest.mark.reliability(
+    tried="Accents, punctuation and parentheses in the project name",
+    sees="a valid slug and package derived (transliterated)",
+    left="a working project",
+)
 def test_odd_answers_derive_a_valid_slug_and_package(odd_project):
     assert odd_project.name == "cafe-beta-study-1-quoted-x"
     assert (odd_project / "src" / "cafe_beta_study_1_quoted_x" / "__init__.py").is_file()
@@ -215,6 +251,11 @@ def test_odd_answers_make_a_valid_report_description(odd_project):
     assert ODD["description"] in paragraphs
 
 
+@pytest.mark.reliability(
+    tried="Quotes, `: `, `#` and non-ASCII text in free-text answers",
+    sees="the project's pipeline runs; YAML/TOML/Makefiles stay valid",
+    left="a working project",
+)
 def test_odd_answers_project_runs(odd_project):
     dry = run(["snakemake", "-n", "--profile", "profiles/local"], odd_project)
     assert "train_model" in dry.stdout
@@ -223,6 +264,11 @@ def test_odd_answers_project_runs(odd_project):
 
 
 @pytest.mark.parametrize("account", ["0123", "null", "1e3", "true"])
+@pytest.mark.reliability(
+    tried="A Slurm account that YAML would read as a number, null or boolean",
+    sees="the account kept exactly as typed",
+    left="a working project",
+)
 def test_account_that_yaml_would_misread_stays_a_string(tmp_path, account, template_dir):
     """Written as a quoted YAML string: the cluster description gives the same text back, and the run uses it."""
     import yaml
@@ -248,6 +294,11 @@ def test_lock_import_names_are_current():
     )
 
 
+@pytest.mark.reliability(
+    tried="Generation that fails in the post-generation hook",
+    sees="the error, exit 1",
+    left="nothing: no project, no `<slug>-dvc-remote/`",
+)
 def test_failed_generation_leaves_no_dvc_remote_behind(tmp_path):
     """A failure after the local DVC remote was made (here: git refuses the commit date) removes the project and the
     remote directory this run created."""

@@ -41,6 +41,11 @@ def with_value(key, value):
 
 @pytest.mark.parametrize("key", PATH_KEYS)
 @pytest.mark.parametrize("value", list(ESCAPING), ids=list(ESCAPING))
+@pytest.mark.reliability(
+    tried="A path-like config key pointing outside the project",
+    sees="an error naming the key and the value, before anything runs",
+    left="nothing",
+)
 def test_path_outside_the_project_is_refused_naming_the_key(key, value):
     if key == "prepare.notebook":
         value += ".ipynb"
@@ -50,6 +55,11 @@ def test_path_outside_the_project_is_refused_naming_the_key(key, value):
 
 
 @pytest.mark.parametrize("key", PATH_KEYS)
+@pytest.mark.reliability(
+    tried="Spaces, quotes, `;`, `$()` and newlines in a path-like config key",
+    sees="accepted: the value is data",
+    left="nothing extra",
+)
 def test_odd_characters_inside_the_project_are_allowed(key):
     value = f"data/{HOSTILE}" + (".ipynb" if key == "prepare.notebook" else "")
     assert project_config(**with_value(key, value))
@@ -70,6 +80,11 @@ def set_config(project, **values):
 
 
 @pytest.mark.parametrize("value", ["../outside", "/tmp/smkml-outside-of-project"])
+@pytest.mark.reliability(
+    tried="`snakemake` with a data path outside the project",
+    sees="an error naming the key, exit 1",
+    left="nothing: no logs, no results",
+)
 def test_workflow_stops_before_anything_runs(project, value, tmp_path):
     original = (project / "config/config.yaml").read_text()
     try:
@@ -83,6 +98,11 @@ def test_workflow_stops_before_anything_runs(project, value, tmp_path):
     assert not (project / "logs").exists() or not any((project / "logs").iterdir())
 
 
+@pytest.mark.reliability(
+    tried="Shell syntax in every path-like config key (whole pipeline)",
+    sees="the pipeline runs; no command executed from a value",
+    left="the run's results, at the odd paths",
+)
 def test_hostile_paths_are_quoted_in_every_command(project):
     """Every path-like key holding shell syntax: the dry run plans every job, the real run of the data steps writes
     the files under those names, and nothing the syntax would run has run."""

@@ -188,6 +188,11 @@ def test_probe_reports_from_inside_the_container():
     ],
     ids=["unknown-runtime", "unknown-gpu", "no-image", "missing-sif", "missing-charliecloud-dir", "charliecloud-gpu"],
 )
+@pytest.mark.reliability(
+    tried="A bad container setting",
+    sees="an error naming the setting and what is allowed",
+    left="nothing",
+)
 def test_bad_container_settings_are_named(tmp_path, container, gpus, message):
     (tmp_path / "img").mkdir()
     with pytest.raises(ContainerError) as error:
@@ -228,6 +233,11 @@ def dry_run(project, *config):
          "container.image 'containers/images/nope.sif' does not exist (runtime 'singularity')"),
     ],
     ids=["schema-runtime", "schema-gpu", "missing-image"],
+)
+@pytest.mark.reliability(
+    tried="A bad container setting on the command line",
+    sees="the error while Snakemake parses, exit 1",
+    left="nothing: no logs",
 )
 def test_project_rejects_bad_container_config_while_parsing(project, setting, message):
     result = dry_run(project, setting)

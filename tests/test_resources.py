@@ -141,12 +141,18 @@ def test_local_runs_ignore_gpus_and_start_the_configured_processes():
         ({"x": {"gpus": 9}}, "x", "x: 9 GPUs per node requested; 'small-g' nodes have 8"),
     ],
 )
+@pytest.mark.reliability(
+    tried="A resource request the cluster cannot satisfy",
+    sees="an error naming the step and the limit",
+    left="nothing",
+)
 def test_bad_requests_are_named(resources_, rule, message):
     with pytest.raises(resources.ResourceError) as error:
         plan(config_for("lumi", {**RESOURCES, **resources_}), rule)
     assert message in str(error.value)
 
 
+@pytest.mark.reliability(tried="A misspelt resource key", sees="the schema error naming the key", left="nothing")
 def test_unknown_resource_key_is_named_by_the_schema():
     with pytest.raises(WorkflowError, match="Additional properties are not allowed \\('gpu' was unexpected\\)"):
         config_for("lumi", {**RESOURCES, "x": {"gpu": 1}})
@@ -165,6 +171,11 @@ def test_resource_defaults_come_from_the_schema():
         ("", {"SBATCH_ACCOUNT": "465000001"}, "Slurm account '465000001' does not match lumi's account format"),
         ("project_12345", {}, "Slurm account 'project_12345' does not match lumi's account format"),
     ],
+)
+@pytest.mark.reliability(
+    tried="A missing or malformed Slurm account",
+    sees="an error naming the account and where to set it",
+    left="nothing",
 )
 def test_account_errors(value, environ, message):
     cluster = config_for("lumi")["cluster"]
@@ -286,6 +297,11 @@ def test_kubernetes_golden(rule, cluster_changes, expected):
         ("on_partition", "on_partition: partition 'small-g' is a Slurm setting; Kubernetes places pods by machine type"),
     ],
 )
+@pytest.mark.reliability(
+    tried="A request Kubernetes pods cannot satisfy",
+    sees="an error naming the step and the limit",
+    left="nothing",
+)
 def test_kubernetes_errors(rule, message):
     config = config_for("kubernetes", {**RESOURCES, "nine_gpus": {"gpus": 9}, "on_partition": {"partition": "small-g"}})
     with pytest.raises(resources.ResourceError, match=re.escape(message)):
@@ -300,6 +316,11 @@ def test_kubernetes_errors(rule, message):
         ({"launcher": "srun"}, "'local' was expected"),
         ({"nodes": 2}, "Additional properties are not allowed ('nodes' was unexpected)"),
     ],
+)
+@pytest.mark.reliability(
+    tried="A bad cluster description (profiles/*/cluster.yaml)",
+    sees="the schema error naming the value",
+    left="nothing",
 )
 def test_bad_cluster_descriptions_are_named_by_the_schema(changes, message):
     description = cluster_description("kubernetes")
@@ -324,6 +345,11 @@ def test_pod_image_must_not_be_snakemakes_default():
 
 
 @pytest.mark.parametrize("executor, cluster", [("slurm", None), ("kubernetes", "lumi"), ("slurm", "kubernetes")])
+@pytest.mark.reliability(
+    tried="An executor run without its profile's cluster description",
+    sees="an error naming both",
+    left="nothing",
+)
 def test_an_executor_without_its_cluster_description_stops(executor, cluster):
     with pytest.raises(resources.ResourceError, match=f"the {executor} executor runs the steps, but the resources are mapped"):
         resources.check_executor(config_for(cluster)["cluster"], executor)

@@ -67,6 +67,11 @@ def test_the_store_with_credentials_works(secret_run):
     assert (path / "mlflow.db").is_file(), "the sqlite store is the file the URI names, query stripped"
 
 
+@pytest.mark.reliability(
+    tried="Credentials inside the MLflow tracking URI",
+    sees="the run works; the URI recorded as `***`",
+    left="no credential in any file, log, MLflow record or Snakemake metadata",
+)
 def test_no_credential_in_any_written_file_log_or_record(secret_run):
     import mlflow
 
@@ -169,6 +174,12 @@ CORES = len(os.sched_getaffinity(0))
     ids=["learning-rate", "no-epochs", "too-many-epochs", "huge-batch", "batch-not-divisible", "ranks-over-cores",
          "oversubscribe-not-boolean"],
 )
+@pytest.mark.reliability(
+    tried="A request the machine cannot carry (schema bounds, batch not divisible, ranks over cores)",
+    sees="an error naming the key and what is allowed, before any step",
+    left="nothing",
+    show_expected=False,
+)
 def test_refused_before_anything_runs(project, tmp_path, override, expected):
     result = dry_run(project, tmp_path, override)
     output = result.stdout + result.stderr
@@ -188,6 +199,11 @@ def test_oversubscribe_allows_more_ranks_than_cores(project, tmp_path):
 # --- training that diverges --------------------------------------------------------------------------------------
 
 
+@pytest.mark.reliability(
+    tried="Training that diverges (NaN loss)",
+    sees="the step fails with a clear message",
+    left="no model, nothing registered",
+)
 def test_diverging_training_fails_clearly_and_saves_no_model(project, tmp_path):
     """Through the project's own launch line (2 local ranks of its backend): a learning rate the schema would
     refuse, given to the train entry point directly, makes the loss NaN; every rank stops, no model is written."""
@@ -295,6 +311,11 @@ def local_launch(request, project, tmp_path_factory):
     return request.param, seen
 
 
+@pytest.mark.reliability(
+    tried="Local training ranks opening sockets",
+    sees="every listening socket of the ranks is on loopback",
+    left="nothing",
+)
 def test_local_ranks_listen_on_loopback_only(local_launch):
     backend, seen = local_launch
     ranks = {address for role, address in seen if role == "rank"}

@@ -232,6 +232,11 @@ def lumi_project(tmp_path_factory):
     ],
     ids=["missing-account", "malformed-account", "unknown-partition", "gpu-on-cpu-partition", "runtime-over-limit"],
 )
+@pytest.mark.reliability(
+    tried="A bad Slurm request under `--profile lumi`",
+    sees="the error, exit 1",
+    left="nothing: no Slurm job submitted (sacct), no logs",
+)
 def test_bad_requests_stop_before_anything_is_submitted(lumi_project, slurm_cluster, resources, environ, message):
     config_path = lumi_project / "config/config.yaml"
     config = yaml.safe_load(config_path.read_text())

@@ -54,6 +54,7 @@ def with_sweep(project, sweep, name="sweep.yaml", train=SMALL_TRAIN) -> list[str
     ids=["unknown-key", "empty-list", "negative-seeds", "list-unknown-key", "seed-key-missing", "unknown-sampler",
          "no-samples", "out-of-range", "adaptive-not-built"],
 )
+@pytest.mark.reliability(tried="A bad `sweep:` config", sees="an error naming the key", left="nothing: no results")
 def test_bad_sweep_refused_before_anything_runs(project, sweep, named):
     result = run(["snakemake", "-n", *with_sweep(project, sweep, "bad.yaml")], project, check=False)
     output = result.stdout + result.stderr

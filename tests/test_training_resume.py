@@ -114,6 +114,11 @@ def test_a_finished_run_leaves_no_checkpoint_behind(project):
     assert not (path / CHECKPOINT).exists()
 
 
+@pytest.mark.reliability(
+    tried="SIGKILL of the training launcher and all its ranks",
+    sees="the rerun resumes from the last checkpoint",
+    left="a checkpoint; the resumed model equals the uninterrupted one",
+)
 def test_killed_training_resumes_to_the_same_result(project):
     backend, path, reference = project
     killed = subprocess.Popen(
@@ -152,6 +157,11 @@ def test_killed_training_resumes_to_the_same_result(project):
     assert not (path / CHECKPOINT).exists()
 
 
+@pytest.mark.reliability(
+    tried="SIGKILL of the whole Snakemake run during training",
+    sees="the rerun resumes training only",
+    left="a checkpoint; finished steps are not redone",
+)
 def test_resumes_after_the_whole_workflow_was_killed(project):
     """Node loss: Snakemake itself and everything under it SIGKILLed; `snakemake --unlock`, rerun, same result."""
     _, path, reference = project
@@ -186,6 +196,11 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
     assert not (path / CHECKPOINT).exists()
 
 
+@pytest.mark.reliability(
+    tried="SIGTERM (Slurm time limit, scancel) during training",
+    sees="a checkpoint at the next agreed step; the rerun resumes",
+    left="a checkpoint",
+)
 def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
     """A scheduler's time limit or `scancel` sends SIGTERM: the ranks agree on a step, checkpoint there and stop."""
     import shlex
