@@ -29,7 +29,11 @@ def project(tmp_path_factory):
 @pytest.fixture
 def bucket_prefix(s3_server, request):
     """A fresh prefix in the bucket holding train_model's inputs (their content does not matter: nothing runs)."""
-    prefix = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:60]
+    return put_inputs(s3_server, request.node.name)
+
+
+def put_inputs(s3_server, name: str) -> str:
+    prefix = re.sub(r"[^a-z0-9-]", "-", name.lower())[:60]
     client = boto3.client(
         "s3",
         endpoint_url=s3_server["endpoint"],
@@ -77,11 +81,24 @@ def submit(project, s3_server, prefix, tmp_path, *args, cluster: dict | None = N
 
 def train_pod(project, s3_server, prefix, tmp_path, **kwargs) -> tuple[dict, dict, str]:
     """Submit train_model alone; its pod spec, its container and the step's shell command."""
-    result, api = submit(
+    return first_attempt(*submit_train(project, s3_server, prefix, tmp_path, **kwargs))
+
+
+def submit_train(project, s3_server, prefix, tmp_path, **kwargs):
+    return submit(
         project, s3_server, prefix, tmp_path,
         "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
         **kwargs,
     )
+
+
+@pytest.fixture(scope="module")
+def default_submission(project, s3_server, tmp_path_factory):
+    """train_model submitted once with the default config (read by the two tests below)."""
+    return submit_train(project, s3_server, put_inputs(s3_server, "default-config"), tmp_path_factory.mktemp("default"))
+
+
+def first_attempt(result, api) -> tuple[dict, dict, str]:
     jobs = api.jobs()
     # The profile retries a failed step once (the recording API fails every Job): the first attempt is read here.
     assert len(jobs) == 2, f"expected two attempts of train_model\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -94,9 +111,9 @@ def train_pod(project, s3_server, prefix, tmp_path, **kwargs) -> tuple[dict, dic
     return spec, container, commands[0]
 
 
-def test_gpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
+def test_gpu_training_pod(default_submission):
     """The default config (train_model: gpus 1): one NVIDIA GPU as request and limit, its toleration, 1 rank."""
-    spec, container, command = train_pod(project, s3_server, bucket_prefix, tmp_path)
+    spec, container, command = first_attempt(*default_submission)
     assert container["image"] == IMAGE
     resources = container["resources"]
     # Kubernetes takes GPUs as limits (requests, if given, must equal them); a request alone is refused.
@@ -110,12 +127,9 @@ def test_gpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
     assert "horovodrun" not in command and "singularity" not in command and "apptainer" not in command
 
 
-def test_a_retried_step_asks_for_twice_the_memory(project, s3_server, bucket_prefix, tmp_path):
+def test_a_retried_step_asks_for_twice_the_memory(default_submission):
     """The recording API fails every Job; the profile's one retry asks for 2 x mem_mb, the same GPUs and CPU."""
-    result, api = submit(
-        project, s3_server, bucket_prefix, tmp_path,
-        "--container-image", IMAGE, "results/model/model.pt", "--allowed-rules", "train_model",
-    )
+    result, api = default_submission
     first, second = (job["spec"]["template"]["spec"]["containers"][0] for job in api.jobs())
     assert "--attempt 1" in first["args"][-1] and "--attempt 2" in second["args"][-1]
     first, second = first["resources"], second["resources"]
