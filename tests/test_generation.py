@@ -15,7 +15,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import choices, run
+from conftest import choices, cluster_description, run
 
 BACKENDS = choices("training_backend")
 CLUSTERS = choices("cluster")
@@ -119,6 +119,39 @@ def test_answers_reach_the_project(project):
         assert cluster["account"]["value"] == account
 
 
+def test_readme_names_a_slurm_account_only_for_a_cluster_that_takes_one(project):
+    """The README's cluster section: for lumi and slurm where the account goes (and the answer, when given); for a
+    cluster without accounts (kubernetes, local) not a word about accounts."""
+    answers, path = project
+    readme = (path / "README.md").read_text()
+    account = cluster_description(answers["cluster"]).get("cluster", {}).get("account")
+    if account is None:
+        assert "account" not in readme.lower(), [line for line in readme.splitlines() if "account" in line.lower()]
+        return
+    assert f"The Slurm account of `make cluster` is `account.value` in `profiles/{answers['cluster']}/cluster.yaml`" in readme
+    assert f"`{account['pattern']}`" in readme
+    given = answers.get("slurm_account")
+    assert (f"`{given}`, the answer given at generation" if given else "read from `$SBATCH_ACCOUNT` at run time") in readme
+
+
+def test_docs_name_the_file_the_account_answer_is_written_to(project, template_dir):
+    """Where the hook writes slurm_account (found by content in the committed project) is the file the quickstart
+    and the options page name."""
+    answers, path = project
+    account = answers.get("slurm_account")
+    if not account:
+        return  # (the combinations with an account check it)
+    holders = set(run(["git", "grep", "-l", "-F", account], path).stdout.split()) - {".cruft.json", "README.md"}
+    named = "`profiles/<cluster>/cluster.yaml`"
+    assert holders == {named.strip("`").replace("<cluster>", answers["cluster"])}
+    for page in ("quickstart.md", "options.md"):
+        lines = (template_dir / "docs" / page).read_text().splitlines()
+        rows = [line for line in lines if line.startswith("|")]  # a table row is one line
+        prose = " ".join(" ".join(line for line in lines if not line.startswith("|")).split())
+        units = rows + re.split(r"(?<=[.;])\s", prose)  # table rows and sentences
+        assert [unit for unit in units if re.search(r"slurm_account|Slurm account", unit) and named in unit], page
+
+
 def test_vendored_files_are_the_templates_and_recorded(project, template_dir):
     """Every file of the template's shared trees landed at its place (rules_lib/ laid out as workflow/), and
     vendored.json records each with its sha256 and the template's version and commit."""
@@ -175,6 +208,9 @@ def test_project_unit_tests(project):
 
 
 JOBS = ["start_tracking", "prepare_data", "train_model", "evaluate_model"]
+# Snakemake's note when config comes from the command line; the cluster profiles load their description that way,
+# and the workflow does not show the note (nobody typed --config).
+CLI_CONFIG_NOTE = "is extended by additional config specified via the command line"
 
 
 @pytest.mark.parametrize("profile", ["local", "lumi", "slurm"])
@@ -183,6 +219,7 @@ def test_dry_run_under_profile(project, profile):
     result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path, SBATCH_ACCOUNT="project_465000001")
     for job in JOBS:
         assert job in result.stdout
+    assert CLI_CONFIG_NOTE not in result.stdout + result.stderr
 
 
 def test_profiles_installed_for_snakemake_profile_name(project, tmp_path):
@@ -213,3 +250,4 @@ def test_dry_run_under_kubernetes_profile(project, s3_server):
     assert f"s3://{s3_server['bucket']}/{path.name}/results/metrics.json" in result.stdout
     for job in JOBS:
         assert job in result.stdout
+    assert CLI_CONFIG_NOTE not in result.stdout + result.stderr
