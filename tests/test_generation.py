@@ -15,7 +15,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import choices, cluster_description, run
+from conftest import OFFLINE, choices, cluster_description, run
 
 BACKENDS = choices("training_backend")
 CLUSTERS = choices("cluster")
@@ -191,13 +191,17 @@ def test_git_and_dvc_state(project):
         assert (path / "data/raw/digits.csv").exists()
 
 
-def test_make_lint(project):
-    """`make lint`: snakemake --lint, snakefmt --check and the vendored files as received."""
+def test_make_lint(project, tmp_path):
+    """`make lint`: the vendored files as received, snakemake --lint and the pre-commit checks on every file, which
+    pass on a clean project (the template commit in .cruft.json and vendored.json, the md5s in .dvc files and the
+    sha256s in vendored.json are not secrets) offline, with an empty pre-commit cache."""
     _, path = project
-    lint = run(["make", "lint"], path, check=False)
+    lint = run(["make", "lint"], path, check=False, **OFFLINE, PRE_COMMIT_HOME=str(tmp_path / "pre-commit-cache"))
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
     assert "vendored files: " in lint.stdout
+    for hook in ("snakefmt", "nbstripout", "detect-secrets"):
+        assert re.search(rf"^{hook} .*Passed$", lint.stdout, re.MULTILINE), lint.stdout
 
 
 def test_project_unit_tests(project):
