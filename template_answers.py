@@ -11,8 +11,9 @@ Cookiecutter's Jinja extension `Answers` (named in cookiecutter.json `_extension
    answer stops generation with one `ERROR:` line per problem and nothing written.
 
 It also gives the template its filters: `quote` (a double-quoted string literal, valid in YAML, TOML, JSON and
-Python) for every free-text answer written into a file, `rst` (text with reStructuredText markup escaped) and `slug`
-(the project_slug derived from a project name). hooks/pre_gen_project.py runs the same checks again.
+Python) for every free-text answer written into a file, `rst` (text with reStructuredText markup escaped), `slug`
+(the project_slug derived from a project name) and `account_settings` (a cluster's Slurm account settings from its
+description in profiles/, None for a cluster without accounts). hooks/pre_gen_project.py runs the same checks again.
 
 This is its own module rather than part of local_extensions.py: Python imports a module once per process, and cruft
 renders an older checkout of the template before the newer one in one process (`cruft update`): a name the older
@@ -255,7 +256,6 @@ def _creating_context():
 class Answers(Extension):
     def __init__(self, environment):
         super().__init__(environment)
-        environment.filters.update(quote=quote, rst=rst, slug=slug)
         context = _creating_context()
         if context is None:
             raise Refused(
@@ -263,7 +263,15 @@ class Answers(Extension):
                 "unknown way): use the cookiecutter version in requirements/dev.txt"
             )
         repo = (context.get("cookiecutter") or {}).get("_repo_dir")
-        check(context, Path(repo) if repo and (Path(repo) / "cookiecutter.json").is_file() else HERE)
+        # (resolved now: cookiecutter renders the project's files from another working directory)
+        template_dir = Path(repo).resolve() if repo and (Path(repo) / "cookiecutter.json").is_file() else HERE
+        # `cluster | account_settings`: the cluster description's account settings (None: no Slurm account), read
+        # from profiles/<cluster>/cluster.yaml of the template being rendered, so that the project's files talk
+        # about accounts exactly for the clusters that take one.
+        environment.filters.update(
+            quote=quote, rst=rst, slug=slug, account_settings=lambda cluster: cluster_account(template_dir, cluster)
+        )
+        check(context, template_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- the lock

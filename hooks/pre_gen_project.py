@@ -7,30 +7,22 @@ on the answers as rendered into it, for a renderer that did not load the extensi
 """
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 # The template checkout this hook was rendered from (local_extensions.py).
 TEMPLATE_DIR = Path({{ template_path() | quote }})
-ANSWERS = {
-    "project_name": {{ cookiecutter.project_name | quote }},
-    "project_slug": {{ cookiecutter.project_slug | quote }},
-    "package_name": {{ cookiecutter.package_name | quote }},
-    "author_name": {{ cookiecutter.author_name | quote }},
-    "author_email": {{ cookiecutter.author_email | quote }},
-    "description": {{ cookiecutter.description | quote }},
-    "training_backend": {{ cookiecutter.training_backend | quote }},
-    "cluster": {{ cookiecutter.cluster | quote }},
-    "slurm_account": {{ cookiecutter.slurm_account | quote }},
-    "dvc_remote": {{ cookiecutter.dvc_remote | quote }},
-    "dvc_remote_url": {{ cookiecutter.dvc_remote_url | quote }},
-    "license": {{ cookiecutter.license | quote }},
-    # The answers are final here (the key cookiecutter and cruft set after the prompts); cruft (`cruft update`,
-    # `cruft diff`) adds _commit when it re-renders: the post-generation hook then only vendors files, so git, DVC
-    # and scikit-learn are not needed.
-    "_template": {{ cookiecutter._template | default("") | quote }},
-    **({"_commit": {{ cookiecutter._commit | default("") | tojson }}} if {{ cookiecutter._commit | default("") | tojson }} else {}),
-}
+# Cookiecutter's context: every answer and cookiecutter's own entries (_template, _repo_dir, _extensions, ...).
+CONTEXT = json.loads({{ cookiecutter | tojson | tojson }})
+# The answers: every key of cookiecutter.json without a leading `_`, none listed here, and the two entries the checks
+# read. `_template` says the answers are final (cookiecutter and cruft set it after the prompts). Cruft (`cruft
+# update`, `cruft diff`) adds `_commit` when it re-renders: the post-generation hook then only vendors files, so git,
+# DVC and scikit-learn are not needed.
+ANSWERS = {key: value for key, value in CONTEXT.items() if not key.startswith("_")}
+ANSWERS["_template"] = CONTEXT.get("_template") or ""
+if CONTEXT.get("_commit"):
+    ANSWERS["_commit"] = CONTEXT["_commit"]
 
 
 def main():

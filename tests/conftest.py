@@ -22,6 +22,10 @@ PROFILES = TEMPLATE_DIR / "profiles"
 sys.path.insert(0, str(TEMPLATE_DIR / "rules_lib" / "lib"))
 
 
+# No network: every proxy variable points at a closed port, so any download (pre-commit, pip) fails.
+OFFLINE = {name: "http://127.0.0.1:9" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}
+
+
 def choices(name: str) -> list[str]:
     """The choices of a template question, from cookiecutter.json (the one place they are written)."""
     return json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())[name]

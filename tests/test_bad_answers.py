@@ -311,3 +311,43 @@ def test_failed_generation_leaves_no_dvc_remote_behind(tmp_path):
     assert result.returncode != 0
     assert "git" in result.stdout + result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_the_pre_generation_hook_reads_every_answer_from_the_context(tmp_path):
+    """hooks/pre_gen_project.py as a renderer without the template's extension would run it (plain Jinja with the
+    `quote` filter): the answers come from cookiecutter's context, none listed in the hook (a question added to
+    cookiecutter.json is checked too), cookiecutter's own `_` entries left out; a good set passes, bad ones are
+    named."""
+    import json
+    import sys
+
+    import jinja2
+
+    from template_answers import quote
+
+    spec = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+    context = {key: value[0] if isinstance(value, list) else value for key, value in spec.items()}
+    context.update(project_slug="digits-classifier", package_name="digits_classifier", _template=str(TEMPLATE_DIR),
+                   _repo_dir=str(TEMPLATE_DIR), _output_dir=str(tmp_path))
+    env = jinja2.Environment(keep_trailing_newline=True)
+    env.filters["quote"] = quote
+    env.globals["template_path"] = lambda: str(TEMPLATE_DIR)
+    hook = env.from_string((TEMPLATE_DIR / "hooks/pre_gen_project.py").read_text())
+
+    def run_hook(**answers):
+        path = tmp_path / "pre_gen_project.py"
+        path.write_text(hook.render(cookiecutter={**context, **answers}))
+        return subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    good = run_hook()
+    assert good.returncode == 0, good.stderr
+    bad = run_hook(author_email="nobody", slurm_account="project_1")
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        "ERROR: author_email 'nobody' is not an e-mail address: use name@domain with ASCII letters, digits and ._%+- "
+        "(e.g. 'you@example.org')",
+        "ERROR: slurm_account 'project_1' is not a lumi account: it must match project_[0-9]{9} "
+        "(e.g. 'project_465000001'), or leave it empty to give it at run time",
+    ]
+    added = run_hook(new_question="{{ 6 * 7 }}")
+    assert added.returncode == 1 and "ERROR: new_question '{{ 6 * 7 }}' contains template syntax" in added.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE_DIR, choices, generate, run
+from conftest import OFFLINE, TEMPLATE_DIR, choices, generate, run
 
 
 # What each licence's LICENSE must say (besides the year and the author).
@@ -175,3 +175,38 @@ def test_a_failed_step_points_to_its_log(projects):
     assert "error: this step failed (exit status 1); the end of its log logs/start_tracking.log:" in result.stderr
     assert "nosuchscheme" in result.stderr.split("the end of its log", 1)[1]
     assert "error: the whole log of the failed step: logs/start_tracking.log" in result.stderr
+
+
+def test_pre_commit_hook_refuses_a_planted_aws_key_offline(projects, tmp_path):
+    """The project's git hook as its user meets it, offline, with an empty pre-commit cache and in a shell without
+    the environment activated (the hooks find .venv/bin themselves): after `pre-commit install`, a commit of a new
+    file holding an AWS key is refused by detect-secrets, naming the file, and a harmless commit goes through. (That
+    every check passes on a clean project, offline: tests/test_generation.py::test_make_lint.)"""
+    project, _ = next(iter(projects.values()))
+    copy = tmp_path / "p"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    offline = {**OFFLINE, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-cache")}
+    (copy / ".venv").symlink_to(Path(sys.prefix))  # what `make env` makes
+    run(["pre-commit", "install"], copy, **offline)
+    shell = bare_env(**offline, GIT_AUTHOR_NAME="A", GIT_AUTHOR_EMAIL="a@example.org", GIT_COMMITTER_NAME="A",
+                     GIT_COMMITTER_EMAIL="a@example.org")
+    planted = copy / "src" / project.name.replace("-", "_") / "storage.py"
+    planted.write_text('AWS_ACCESS_KEY_ID = "AKIAZ7Q4XRM2N5PLW3KD"\n'  # pragma: allowlist secret
+                       'AWS_SECRET_ACCESS_KEY = "w8Xq3LrT0vYb5NcK2pHj9sDfGz1MuEa7RoWiQy4B"\n')  # pragma: allowlist secret
+
+    def commit(path, message):
+        subprocess.run(["git", "add", str(path)], cwd=copy, env=shell, check=True)
+        return subprocess.run(["git", "commit", "-m", message], cwd=copy, env=shell, capture_output=True, text=True,
+                              timeout=300)
+
+    refused = commit(planted, "storage settings")  # (git shows a hook's output on stderr)
+    assert refused.returncode != 0
+    assert "Secret Type: AWS Access Key" in refused.stderr, refused.stdout + refused.stderr
+    assert f"Location:    src/{planted.parent.name}/storage.py:1" in refused.stderr, refused.stderr
+    assert len(run(["git", "log", "--oneline"], copy).stdout.splitlines()) == 1
+
+    subprocess.run(["git", "rm", "--cached", "--quiet", str(planted)], cwd=copy, env=shell, check=True)
+    planted.write_text('BUCKET = "s3://my-bucket/data"\n')
+    accepted = commit(planted, "storage settings without credentials")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert re.search(r"^detect-secrets .*Passed$", accepted.stderr, re.MULTILINE), accepted.stderr

@@ -20,7 +20,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import choices, run
+from conftest import OFFLINE, choices, cluster_description, run
 
 BACKENDS = choices("training_backend")
 CLUSTERS = choices("cluster")
@@ -169,6 +169,39 @@ def test_answers_reach_the_project(project):
         assert cluster["account"]["value"] == account
 
 
+def test_readme_names_a_slurm_account_only_for_a_cluster_that_takes_one(project):
+    """The README's cluster section: for lumi and slurm where the account goes (and the answer, when given); for a
+    cluster without accounts (kubernetes, local) not a word about accounts."""
+    answers, path = project
+    readme = (path / "README.md").read_text()
+    account = cluster_description(answers["cluster"]).get("cluster", {}).get("account")
+    if account is None:
+        assert "account" not in readme.lower(), [line for line in readme.splitlines() if "account" in line.lower()]
+        return
+    assert f"The Slurm account of `make cluster` is `account.value` in `profiles/{answers['cluster']}/cluster.yaml`" in readme
+    assert f"`{account['pattern']}`" in readme
+    given = answers.get("slurm_account")
+    assert (f"`{given}`, the answer given at generation" if given else "read from `$SBATCH_ACCOUNT` at run time") in readme
+
+
+def test_docs_name_the_file_the_account_answer_is_written_to(project, template_dir):
+    """Where the hook writes slurm_account (found by content in the committed project) is the file the quickstart
+    and the options page name."""
+    answers, path = project
+    account = answers.get("slurm_account")
+    if not account:
+        return  # (the combinations with an account check it)
+    holders = set(run(["git", "grep", "-l", "-F", account], path).stdout.split()) - {".cruft.json", "README.md"}
+    named = "`profiles/<cluster>/cluster.yaml`"
+    assert holders == {named.strip("`").replace("<cluster>", answers["cluster"])}
+    for page in ("quickstart.md", "options.md"):
+        lines = (template_dir / "docs" / page).read_text().splitlines()
+        rows = [line for line in lines if line.startswith("|")]  # a table row is one line
+        prose = " ".join(" ".join(line for line in lines if not line.startswith("|")).split())
+        units = rows + re.split(r"(?<=[.;])\s", prose)  # table rows and sentences
+        assert [unit for unit in units if re.search(r"slurm_account|Slurm account", unit) and named in unit], page
+
+
 def test_vendored_files_are_the_templates_and_recorded(project, template_dir):
     """Every file of the template's shared trees landed at its place (rules_lib/ laid out as workflow/), and
     vendored.json records each with its sha256 and the template's version and commit."""
@@ -208,13 +241,17 @@ def test_git_and_dvc_state(project):
         assert (path / "data/raw/digits.csv").exists()
 
 
-def test_make_lint(covered_project):
-    """`make lint`: snakemake --lint, snakefmt --check and the vendored files as received."""
+def test_make_lint(covered_project, tmp_path):
+    """`make lint`: the vendored files as received, snakemake --lint and the pre-commit checks on every file, which
+    pass on a clean project (the template commit in .cruft.json and vendored.json, the md5s in .dvc files and the
+    sha256s in vendored.json are not secrets) offline, with an empty pre-commit cache."""
     _, path = covered_project
-    lint = run(["make", "lint"], path, check=False)
+    lint = run(["make", "lint"], path, check=False, **OFFLINE, PRE_COMMIT_HOME=str(tmp_path / "pre-commit-cache"))
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
     assert "vendored files: " in lint.stdout
+    for hook in ("snakefmt", "nbstripout", "detect-secrets"):
+        assert re.search(rf"^{hook} .*Passed$", lint.stdout, re.MULTILINE), lint.stdout
 
 
 def test_project_unit_tests(covered_project):
@@ -226,6 +263,9 @@ def test_project_unit_tests(covered_project):
 
 
 JOBS = ["start_tracking", "prepare_data", "train_model", "evaluate_model"]
+# Snakemake's note when config comes from the command line; the cluster profiles load their description that way,
+# and the workflow does not show the note (nobody typed --config).
+CLI_CONFIG_NOTE = "is extended by additional config specified via the command line"
 
 
 @pytest.mark.parametrize("profile", ["local", "lumi", "slurm"])
@@ -234,6 +274,7 @@ def test_dry_run_under_profile(covered_project, profile):
     result = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], path, SBATCH_ACCOUNT="project_465000001")
     for job in JOBS:
         assert job in result.stdout
+    assert CLI_CONFIG_NOTE not in result.stdout + result.stderr
 
 
 def test_profiles_installed_for_snakemake_profile_name(covered_project, tmp_path):
@@ -264,3 +305,4 @@ def test_dry_run_under_kubernetes_profile(covered_project, s3_server):
     assert f"s3://{s3_server['bucket']}/{path.name}/results/metrics.json" in result.stdout
     for job in JOBS:
         assert job in result.stdout
+    assert CLI_CONFIG_NOTE not in result.stdout + result.stderr

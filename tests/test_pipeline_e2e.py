@@ -172,6 +172,9 @@ def test_where_it_ran_is_not_a_reason_to_rerun(finished, command):
     _, path, _ = finished
     again = run(command, path, SBATCH_ACCOUNT="project_465000001")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+    # No note that the command line extended config/config.yaml: nobody typed --config (the cluster profiles load
+    # their description as a config file, and the workflow does not show Snakemake's note about it).
+    assert "is extended by additional config" not in again.stdout + again.stderr
 
 
 def test_where_it_ran_is_recorded(finished):

@@ -7,7 +7,7 @@ from {{ cookiecutter.package_name }}.redaction import redact, redact_uri
 
 
 def test_credentials_are_masked_and_the_rest_kept():
-    assert redact_uri("https://user:token@mlflow.example.org:5000/x?page=2&token=t") == (
+    assert redact_uri("https://user:token@mlflow.example.org:5000/x?page=2&token=t") == (  # pragma: allowlist secret
         "https://***@mlflow.example.org:5000/x?page=2&token=***")
     assert redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert redact({"tracking": {"uri": "http://u:p@h"}, "n": 1}) == {"tracking": {"uri": "http://***@h"}, "n": 1}

@@ -1,7 +1,7 @@
 """Credentials never recorded: the one redaction of URIs (and of every URI inside a config) before anything is
 logged, written or printed.
 
-A tracking URI may carry a secret (`https://user:token@host`, `...?token=...`, a presigned `X-Amz-Signature`): the
+A tracking URI may carry a secret (`https://user:<token>@host`, `...?token=...`, a presigned `X-Amz-Signature`): the
 userinfo and the values of secret-looking query parameters become `***`; the rest (scheme, host, path, the other
 parameters) stays, so the record still says which store was used. Standard library only: the workflow loads this
 file by its path (workflow/rules/common.smk) to redact the config it passes to the steps, and the package's
