@@ -90,7 +90,7 @@ def mismatch(name: str, dvcfile: Path, expected: str, actual: str | None, root: 
     if actual is None:
         return DataMismatch(f"{name} (recorded in {dvcfile}, md5 {expected}) is missing at {found}: fetch it with "
                             f"`dvc pull {dvcfile}` (or `snakemake --profile profiles/local {name}`)")
-    where = "" if str(found) == name else f" (read at {found})"
+    where = "" if (root / found).resolve() == (root / name).resolve() else f" (read at {found})"
     cached = cache_object(root, expected)
     cached_md5 = md5_bytes(root / cached) if cached else None
     if cached is not None and cached_md5 != expected:
