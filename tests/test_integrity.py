@@ -50,8 +50,8 @@ def snapshot(path: Path) -> dict[str, tuple[str, int]]:
 
 def without_slurm(command: list[str], path: Path) -> subprocess.CompletedProcess:
     """A cluster-profile run where no Slurm is reachable (no SLURM_CONF; sbatch fails as on a machine without a
-    configured cluster, or is missing)."""
-    env = command_env()
+    configured cluster, or is missing). The LUMI account is set, as a LUMI user has it."""
+    env = command_env(SBATCH_ACCOUNT="project_465000001")
     env.pop("SLURM_CONF", None)
     return subprocess.run(command, cwd=path, env=env, capture_output=True, text=True, timeout=600)
 
@@ -65,8 +65,9 @@ def mlflow_tags(path: Path) -> dict[str, str]:
 
 def test_a_failed_cluster_run_keeps_the_local_results(project):
     """Local run, then `snakemake --profile profiles/slurm` without Slurm: where steps run is provenance, not a
-    reason to rerun, so there is nothing to submit; a cluster run that does have work (a sweep member to train)
-    fails at its first Slurm job. The local results are untouched and the local profile has nothing to do."""
+    reason to rerun, so there is nothing to submit; a `make cluster` (the project's LUMI profile) that does have
+    work (a sweep member to train) fails at its first Slurm job. The local results are untouched and the local
+    profile has nothing to do."""
     before = snapshot(project)
     same = without_slurm(["snakemake", "--profile", "profiles/slurm"], project)
     assert same.returncode == 0 and "Nothing to be done" in same.stdout + same.stderr, same.stderr[-3000:]
@@ -75,12 +76,14 @@ def test_a_failed_cluster_run_keeps_the_local_results(project):
     original = config.read_text()
     config.write_text(original.replace("sweep: {}", "sweep: {list: [{dropout: 0.1}]}"))
     try:
-        failed = without_slurm(["snakemake", "--profile", "profiles/slurm"], project)
+        failed = without_slurm(["make", "cluster"], project)
     finally:
         config.write_text(original)
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0, output[-3000:]
-    assert "Error in rule train_member" in output and "sbatch" in output, output[-3000:]
+    # The plugin's first call to Slurm fails: checking the account (sacctmgr, sshare), or sbatch itself.
+    assert "Error in rule train_member" in output, output[-3000:]
+    assert "Job submission failed" in output or "SLURM sbatch failed" in output, output[-3000:]
     assert "Executing notebooks/prepare.ipynb" not in output and "Training with" not in output
 
     after = snapshot(project)
@@ -148,3 +151,7 @@ def test_a_corrupted_dvc_cache_object_is_caught_at_fetch(project):
             f"the DVC cache object .dvc/cache/files/md5/{md5[:2]}/{md5[2:]} it was checked out from is corrupted too"
             in output), output[-3000:]
     assert "Error in rule fetch_data" in output and "Executing notebooks/prepare.ipynb" not in output
+    # The advice works: without the corrupted object the fetch step pulls a good copy from the DVC remote.
+    cached.unlink()
+    run(["snakemake", "--profile", "profiles/local", RAW], project)
+    assert hashlib.md5((project / RAW).read_bytes()).hexdigest() == md5

@@ -1,8 +1,10 @@
 """Data integrity: DVC-tracked data is checked against the md5 its `.dvc` file records before the pipeline uses it.
 
-    python -m {{ cookiecutter.package_name }}.integrity data/raw/digits.csv.dvc             # fetch step, after dvc pull
+    # the fetch step, after dvc pull / dvc checkout:
+    python -m {{ cookiecutter.package_name }}.integrity data/raw/digits.csv.dvc
+    # the prepare step, before it reads the file (the copy Snakemake hands it):
     python -m {{ cookiecutter.package_name }}.integrity data/raw/digits.csv.dvc --file data/raw/digits.csv \\
-        --run-file results/mlflow/run.json                                   # prepare step, before reading it
+        --run-file results/mlflow/run.json
 
 DVC does not check by itself: `dvc checkout` copies a corrupted cache object into the workspace without a word, and a
 file changed in place (or by bit rot) is not noticed by Snakemake either when its modification time stays. A
