@@ -2,7 +2,8 @@ import os
 
 # `dvc pull`, after checking that the remote is usable (credentials, endpoint, bucket, directory): a missing
 # AWS_ACCESS_KEY_ID stops here with a message naming what to set, not deep inside DVC. Data already in the
-# local DVC cache is checked out without the remote.
+# local DVC cache is checked out without the remote. Then the data is checked against the md5 its .dvc file
+# records (<package>.integrity): DVC checks out a corrupted cache object without a word.
 # Relative to the working directory, where jobs run (also in a container or a pod with the sources deployed).
 DVC_FETCH = os.path.relpath(LIB_DIR / "smkml" / "dvc_remote.py")
 
@@ -27,7 +28,9 @@ rule fetch_data:
         **step("fetch_data").resources,
     params:
         fetch=DVC_FETCH,
+        package=PACKAGE,
     message:
         "Pulling {output} from the DVC remote"
     shell:
-        "python {params.fetch:q} pull {input.dvcfile:q} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"
+        "{{ python {params.fetch:q} pull {input.dvcfile:q} && python -m {params.package:q}.integrity {input.dvcfile:q}; }} "
+        "> {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"

@@ -30,6 +30,9 @@ rule prepare_data:
         **step("prepare_data").resources,
         mlflow_db=1,
     params:
+        # The raw data is checked against its .dvc file before the notebook reads it (a file changed in place), and
+        # its md5 goes on the MLflow run as the data used. Git-tracked, so also in a pod's deployed sources.
+        dvcfile=project_file(f"{RAW_DATA}.dvc"),
         processed_dir=lambda wildcards, output: Path(output.train).parent,
         test_fraction=config["prepare"]["test_fraction"],
         seed=config["prepare"]["seed"],
@@ -37,8 +40,10 @@ rule prepare_data:
     message:
         "Executing {input.notebook} with papermill"
     shell:
+        "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --run-file {input.run:q} "
+        "> {log:q} 2>&1; "
         "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
         "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
-        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} > {log:q} 2>&1; "
+        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} >> {log:q} 2>&1; "
         "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q} >> {log:q} 2>&1"

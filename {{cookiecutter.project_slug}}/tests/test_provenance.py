@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from {{ cookiecutter.package_name }} import pipeline_run, provenance, reproduce, tracking, train
+from {{ cookiecutter.package_name }} import integrity, pipeline_run, provenance, reproduce, tracking, train
 
 
 def test_collect_records_git_data_and_lockfile(project_dir, monkeypatch):
@@ -19,9 +19,24 @@ def test_collect_records_git_data_and_lockfile(project_dir, monkeypatch):
     assert prov["profile"] == "local"
     assert prov["container"] == {"runtime": "none", "image": None, "digest": None, "metadata": None}
     tags = provenance.to_tags(prov)
-    assert tags["dvc.md5.data/raw/digits.csv"] == prov["data"]["data/raw/digits.csv"]["md5"]
+    data = prov["data"]["data/raw/digits.csv"]  # present_md5 None until the data is fetched
+    assert tags.get("dvc.md5.data/raw/digits.csv") == data["present_md5"]
     assert tags["lockfile.sha256"] == prov["lockfile"]["sha256"]
     assert tags["git.dirty"] in ("true", "false")
+
+
+def test_data_tags_hold_the_md5_of_the_data_used_never_only_the_expected_one(project_dir):
+    prov = provenance.collect(project_dir)
+    entry = prov["data"]["data/raw/digits.csv"]
+    entry.update(md5="e" * 32, present_md5=None, used_md5=None, matches=False)
+    assert "dvc.md5.data/raw/digits.csv" not in provenance.to_tags(prov)  # nothing read: nothing claimed
+    entry["present_md5"] = "d" * 32
+    assert provenance.to_tags(prov)["dvc.md5.data/raw/digits.csv"] == "d" * 32
+    entry["used_md5"] = "u" * 32  # what the prepare step checked and read (read back from the MLflow run)
+    assert provenance.to_tags(prov)["dvc.md5.data/raw/digits.csv"] == "u" * 32
+    assert "dvc.md5.data/raw/digits.csv" not in provenance.to_tags(prov, data=False)
+    page = provenance.to_html(prov)
+    assert f"<code>{'u' * 32} — .dvc file records {'e' * 32}; on disk now: {'d' * 32}</code>" in page
 
 
 def test_image_digest_of_a_file_and_a_directory_image(tmp_path):
@@ -52,7 +67,7 @@ def test_slurm_job_tag_only_inside_slurm(monkeypatch):
     assert pipeline_run.slurm_job_tag("train") == {"slurm.job_id.train": "4242", "slurm.cluster": "lumi"}
 
 
-@pytest.mark.parametrize("module", [provenance, tracking, reproduce, train])
+@pytest.mark.parametrize("module", [provenance, tracking, reproduce, train, integrity])
 def test_usage_names_the_module_as_it_is_run(module, capsys):
     with pytest.raises(SystemExit):
         module.main(["--help"])
@@ -72,10 +87,12 @@ def package_imports(module) -> tuple[set[str], set[str]]:
 
 
 def test_run_provenance_and_tracking_depend_one_way():
-    """redaction <- pipeline_run <- provenance <- tracking: no import circle, none hidden inside a function."""
+    """redaction <- pipeline_run <- integrity <- provenance <- tracking: no import circle, none hidden inside a
+    function."""
     from {{ cookiecutter.package_name }} import redaction
 
     assert package_imports(redaction) == (set(), set())
     assert package_imports(pipeline_run) == ({"redaction"}, set())
-    assert package_imports(provenance) == ({"pipeline_run", "redaction"}, set())
+    assert package_imports(integrity) == ({"pipeline_run"}, set())
+    assert package_imports(provenance) == ({"integrity", "pipeline_run", "redaction"}, set())
     assert package_imports(tracking) == ({"provenance", "pipeline_run", "redaction"}, set())

@@ -1,10 +1,12 @@
 """Provenance: everything a number depends on, recorded next to it.
 
-`collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files and as
-found on disk), the lockfile hash, the container image digest (when training ran in a container), the Slurm job
-ids of the steps (when on Slurm), the Snakemake version, where the pipeline ran (`where()`) and the config. The
-pipeline's last steps write it to `results/provenance.json`, an HTML table for the Snakemake report, and tags on the
-MLflow run (`python -m {{ cookiecutter.package_name }}.provenance`).
+`collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files, as found on
+disk and, read back from the MLflow run, as the prepare step checked and used them: `integrity`), the lockfile hash,
+the container image digest (when training ran in a container), the Slurm job ids of the steps (when on Slurm), the
+Snakemake version, where the pipeline ran (`where()`) and the config. The pipeline's last steps write it to
+`results/provenance.json`, an HTML table for the Snakemake report, and tags on the MLflow run
+(`python -m {{ cookiecutter.package_name }}.provenance`). The data tags `dvc.md5.<path>` hold the md5 of the data
+used (else of the file on disk), never only the md5 a `.dvc` file expects.
 """
 
 from __future__ import annotations
@@ -18,25 +20,17 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from . import pipeline_run
+from . import integrity, pipeline_run
 from .redaction import redact
 
 LOCKFILE = "requirements.lock"
 IMAGE_METADATA = "etc/smkml-image.json"  # what a directory image records about its build (containers/)
 
 
-def file_digest(path: str | Path, algorithm: str) -> str:
-    """Hex digest of a file, read in chunks (md5 is what DVC records, sha256 for everything else)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, algorithm).hexdigest()
-
-
 def sha256_file(path: str | Path) -> str:
-    return file_digest(path, "sha256")
-
-
-def md5_file(path: str | Path) -> str:
-    return file_digest(path, "md5")
+    """Hex sha256 of a file, read in chunks (DVC data is hashed as DVC does it: `integrity.md5_bytes`)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -57,21 +51,33 @@ def git_state(root: Path) -> dict:
 
 
 def dvc_data(root: Path) -> dict:
-    """Every DVC-tracked file: the md5 its .dvc file records, and the md5 of the file on disk."""
+    """Every DVC-tracked file: the md5 its .dvc file records (`md5`), the md5 of the file on disk now
+    (`present_md5`, hashed as DVC does; a directory: its recorded md5 when every file in it matches) and whether
+    they match. `used_md5`, the md5 of the data the pipeline's steps used, is filled in from the MLflow run."""
     tracked = {}
     listed = _git(root, "ls-files", "*.dvc")
     dvc_files = [root / name for name in listed.splitlines()] if listed else sorted(root.rglob("*.dvc"))
-    import yaml
-
     for dvc_file in dvc_files:
         if not dvc_file.is_file():
             continue
-        for out in yaml.safe_load(dvc_file.read_text()).get("outs", []):
-            path = dvc_file.parent / out["path"]
-            name = str(path.relative_to(root))
-            present = md5_file(path) if path.is_file() else None
-            tracked[name] = {"md5": out.get("md5"), "present_md5": present, "matches": present == out.get("md5")}
+        for out in integrity.tracked(dvc_file, root):
+            present = None
+            if out["md5"] and out["md5"].endswith(".dir"):
+                try:
+                    present = integrity.verify(out, dvc_file, root)
+                except integrity.DataMismatch:
+                    pass  # a directory that differs has no one md5 of its own here
+            elif Path(out["path"]).is_file():
+                present = integrity.md5_bytes(out["path"], out["legacy"])
+            tracked[out["name"]] = {"md5": out["md5"], "present_md5": present, "matches": present == out["md5"],
+                                    "used_md5": None}
     return tracked
+
+
+def data_md5(entry: dict) -> str | None:
+    """The md5 of the data a provenance entry stands for: the data the steps used, else the file on disk; never
+    only the md5 a .dvc file expects."""
+    return entry.get("used_md5") or entry.get("present_md5")
 
 
 def image_digest(image: str | None) -> str | None:
@@ -140,8 +146,9 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def to_tags(prov: dict) -> dict[str, str]:
-    """Flat MLflow tags (strings; MLflow caps tag values, so the config goes in as a hash plus an artifact)."""
+def to_tags(prov: dict, data: bool = True) -> dict[str, str]:
+    """Flat MLflow tags (strings; MLflow caps tag values, so the config goes in as a hash plus an artifact).
+    `data=False`: without the data hashes (the run's start: the step that uses the data tags them)."""
     tags = {
         "git.commit": prov["git"]["commit"],
         "git.dirty": str(prov["git"]["dirty"]).lower(),
@@ -154,8 +161,9 @@ def to_tags(prov: dict) -> dict[str, str]:
     if prov["container"]["digest"]:
         tags["container.image"] = str(prov["container"]["image"])
         tags["container.digest"] = prov["container"]["digest"]
-    for name, entry in prov["data"].items():
-        tags[f"dvc.md5.{name}"] = str(entry["md5"])
+    for name, entry in prov["data"].items() if data else ():
+        if data_md5(entry):
+            tags[f"{integrity.DATA_TAG}{name}"] = data_md5(entry)
     if prov["slurm"]["cluster"]:
         tags["slurm.cluster"] = prov["slurm"]["cluster"]
     for step, job in prov["slurm"]["job_ids"].items():
@@ -168,8 +176,12 @@ def _rows(prov: dict) -> list[tuple[str, str]]:
         ("git commit", prov["git"]["commit"]),
         ("uncommitted changes", {True: "yes", False: "no", None: "unknown"}[prov["git"]["dirty"]]),
     ]
-    rows += [(f"data {name} (DVC md5)", f"{e['md5']}" + ("" if e["matches"] else f" — on disk: {e['present_md5']}"))
-             for name, e in prov["data"].items()]
+    for name, entry in prov["data"].items():
+        used = data_md5(entry)
+        notes = [f".dvc file records {entry['md5']}"] if used != entry["md5"] else []
+        if entry["present_md5"] != used:
+            notes.append(f"on disk now: {entry['present_md5']}")
+        rows.append((f"data {name} (md5 used)", f"{used}" + (f" — {'; '.join(notes)}" if notes else "")))
     rows += [
         ("lockfile sha256", str(prov["lockfile"]["sha256"])),
         ("container", prov["container"]["runtime"]
@@ -194,8 +206,9 @@ def to_html(prov: dict) -> str:
 
 
 def record_on_run(run_file: str | Path, prov: dict) -> None:
-    """Complete `prov` from the pipeline's MLflow run (the Slurm job ids its steps recorded there, the run id) and
-    put it on the run: as tags and as the artifact provenance.json."""
+    """Complete `prov` from the pipeline's MLflow run (the Slurm job ids its steps recorded there, the md5 of the
+    data the prepare step checked and used, the run id) and put it on the run: as tags and as the artifact
+    provenance.json."""
     import mlflow
 
     tag = pipeline_run.SLURM_TAG
@@ -205,6 +218,8 @@ def record_on_run(run_file: str | Path, prov: dict) -> None:
             {key[len(tag):]: value for key, value in recorded.items() if key.startswith(tag)}
         )
         prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
+        for name, entry in prov["data"].items():
+            entry["used_md5"] = recorded.get(f"{integrity.DATA_TAG}{name}") or entry["used_md5"]
         prov["mlflow_run_id"] = run.info.run_id
         mlflow.set_tags(to_tags(prov))
         mlflow.log_dict(prov, "provenance.json")

@@ -47,7 +47,7 @@ def start(run_file: str | Path, experiment: str, params: dict) -> str:
         mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
         mlflow.log_params(flatten(params))
-        mlflow.set_tags(provenance.to_tags(provenance.collect(".", config=params)))
+        mlflow.set_tags(provenance.to_tags(provenance.collect(".", config=params), data=False))
         mlflow.set_tags(slurm_job_tag("tracking"))
         experiment = mlflow.get_experiment(run.info.experiment_id).name
         info = {
