@@ -63,6 +63,11 @@ def mlflow_tags(path: Path) -> dict[str, str]:
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}/mlflow.db").get_run(info["run_id"]).data.tags
 
 
+@pytest.mark.reliability(
+    tried="A cluster run that fails at its first Slurm job after a good local run",
+    sees="the submission error, exit 1",
+    left="the local results unchanged (bytes and times); a local dry run has nothing to do",
+)
 def test_a_failed_cluster_run_keeps_the_local_results(project):
     """Local run, then `snakemake --profile profiles/slurm` without Slurm: where steps run is provenance, not a
     reason to rerun, so there is nothing to submit; a `make cluster` (the project's LUMI profile) that does have
@@ -92,6 +97,11 @@ def test_a_failed_cluster_run_keeps_the_local_results(project):
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
 
+@pytest.mark.reliability(
+    tried="The raw data changed on disk after a run, modification time kept",
+    sees="provenance shows the md5 used, the recorded one and the one on disk now (\"on disk now\")",
+    left="the MLflow tag keeps the md5 actually used",
+)
 def test_provenance_records_the_md5_of_the_data_used(project):
     """The prepare step checks the raw data and tags the run with the md5 it read; provenance reads that back. Bit
     rot after the run (same size and modification time: Snakemake sees nothing) shows as the file on disk now,
@@ -119,6 +129,11 @@ def test_provenance_records_the_md5_of_the_data_used(project):
     assert mlflow_tags(project)[f"dvc.md5.{RAW}"] == md5
 
 
+@pytest.mark.reliability(
+    tried="A DVC-tracked data file that no longer matches its .dvc md5",
+    sees="one ERROR line naming the file and both md5s; training never starts",
+    left="nothing new",
+)
 def test_a_changed_data_file_stops_the_run_before_training(project):
     md5 = expected_md5(project)
     raw = project / RAW
@@ -135,6 +150,11 @@ def test_a_changed_data_file_stops_the_run_before_training(project):
     assert mlflow_tags(project)[f"dvc.md5.{RAW}"] == md5  # nothing claims the changed data was used
 
 
+@pytest.mark.reliability(
+    tried="A corrupted object in the DVC cache",
+    sees="the fetch step fails naming the file, both md5s and the cache object to delete",
+    left="nothing used; after deleting the object the rerun pulls a good copy",
+)
 def test_a_corrupted_dvc_cache_object_is_caught_at_fetch(project):
     """`dvc checkout` copies a corrupted cache object into the workspace silently; the fetch step does not."""
     md5 = expected_md5(project)
