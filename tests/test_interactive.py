@@ -156,6 +156,12 @@ def test_a_bind_onto_the_connection_mount_is_refused(tmp_path):
     assert "allowed: any other destination, e.g. /scratch/project_465000001/data:/data" in str(error.value)
 
 
+def output_text(output: dict) -> str:
+    """A notebook output's text (a stream's, or an execute_result's text/plain); nbformat stores a list or a str."""
+    value = output.get("text") or output.get("data", {}).get("text/plain", "")
+    return "".join(value) if isinstance(value, list) else value
+
+
 @pytest.mark.container
 def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
     from test_container_slurm import build_image, ensure_charliecloud
@@ -175,12 +181,12 @@ def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
     assert argv[6:11] == ["ch-run", "--set-env", "-b", str(project), "-b"]
     run(["dvc", "pull", "data/raw/digits.csv.dvc"], project)
     executed = tmp_path / "prepare.ipynb"
+    user = os.environ.get("USER", "root")  # ch-run refuses to start without it; every login shell has it
     run(["papermill", "--no-progress-bar", "-k", "digits-classifier", "notebooks/prepare.ipynb", str(executed),
          "-r", "processed_dir", str(tmp_path / "processed"), "-r", "samples_plot", str(tmp_path / "samples.png")],
-        project, JUPYTER_DATA_DIR=str(data_dir), timeout=300)
+        project, JUPYTER_DATA_DIR=str(data_dir), USER=user, timeout=300)
     cells = json.loads(executed.read_text())["cells"]
-    text = "".join(part for cell in cells if cell["cell_type"] == "code" for output in cell["outputs"]
-                   for part in output.get("text", []) + output.get("data", {}).get("text/plain", []))
+    text = "".join(output_text(output) for cell in cells if cell["cell_type"] == "code" for output in cell["outputs"])
     assert "'n_train': 1437" in text  # the notebook did its work, on the project's data
     assert (tmp_path / "processed/train.npz").is_file()
     # ... inside the image: its Python, the lock's packages installed there, the project's wheel, its build record.
@@ -192,3 +198,6 @@ def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
     record = json.loads(text.split("container image: ", 1)[1].split("\n}", 1)[0] + "\n}")
     assert record == json.loads((image / "etc/smkml-image.json").read_text())
     assert record["project_dir"] == str(project)
+    # JupyterLab is in the image at the locked version: the notebook pod's command (deploy/notebook/pod.yaml) finds it.
+    lab = run(["ch-run", str(image), "--", "/opt/venv/bin/python", "-m", "jupyter", "lab", "--version"], project, USER=user)
+    assert lab.stdout.strip() == LOCK["jupyterlab"]
