@@ -199,5 +199,6 @@ def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
     assert record == json.loads((image / "etc/smkml-image.json").read_text())
     assert record["project_dir"] == str(project)
     # JupyterLab is in the image at the locked version: the notebook pod's command (deploy/notebook/pod.yaml) finds it.
-    lab = run(["ch-run", str(image), "--", "/opt/venv/bin/python", "-m", "jupyter", "lab", "--version"], project, USER=user)
+    lab = run(["ch-run", str(image), "--", "/opt/venv/bin/python", "-m", "jupyter", "lab", "--version"], project,
+              USER=user)
     assert lab.stdout.strip() == LOCK["jupyterlab"]

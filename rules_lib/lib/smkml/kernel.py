@@ -110,7 +110,8 @@ def kernel_argv(container: dict, python: str = sys.executable) -> list[str]:
 def kernel_spec(config: dict, project_dir: str | Path, project: str, python: str = sys.executable) -> dict:
     """kernel.json of the project's kernel (Jupyter's kernelspec format, https://jupyter-client.readthedocs.io)."""
     container = resolve(config, project_dir)
-    where = "this environment" if container["runtime"] == "none" else f"{container['runtime']}: {config['container']['image']}"
+    runtime = container["runtime"]
+    where = "this environment" if runtime == "none" else f"{runtime}: {config['container']['image']}"
     return {
         "argv": kernel_argv(container, python),
         "display_name": f"{project} ({where})",
