@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = install(spec, name)
     print(f"installed kernel '{name}' ({spec['display_name']}): {path}")
+    program = spec["argv"][6]  # the runtime (or the Python of runtime none), after LAUNCH's own arguments
+    if not shutil.which(program):
+        print(f"warning: '{program}' is not on PATH here: the kernel needs it wherever Jupyter starts it",
+              file=sys.stderr)
     print(f"use it: pick '{spec['display_name']}' in JupyterLab (make lab), or papermill -k {name} ...; "
           f"remove it: jupyter kernelspec remove {name}")
     return 0
