@@ -1,8 +1,10 @@
 """Interactive work in the project's environment and image: `make lab` and `make kernel`.
 
-Checked as a user would, in one generated project: `make lab` serves JupyterLab on 127.0.0.1 only, its /api answers,
-the kernels API wants the token Jupyter printed, and it stops cleanly; without the environment `make lab` and
-`make kernel` say to run `make env`. `make kernel` writes a kernelspec (here into a temporary JUPYTER_DATA_DIR) whose
+Checked as a user would, in one generated project: `make lab` serves JupyterLab, from its own environment (made by
+the project's `make lab-env` from requirements-lab.lock, kept between sessions: LAB_VENV), on 127.0.0.1 only, its /api
+answers, the kernels API wants the token Jupyter printed, the default kernel python3 is the project's Python (it wins
+over JupyterLab's own and a user's python3) and `make kernel`'s kernel is listed too, and it stops cleanly; without
+the environment `make lab` and `make kernel` say to run `make env`. `make kernel` writes a kernelspec (here into a temporary JUPYTER_DATA_DIR) whose
 argv starts ipykernel through the configured runtime: pinned word for word for LUMI's singularity; run for real with
 Charliecloud, where papermill executes the project's own notebook on that kernel in the image built by the project's
 containers/cpu/build-charliecloud.sh (the image and cache test_container_slurm.py uses), and the executed notebook
@@ -25,10 +27,16 @@ import pytest
 import yaml
 from smkml import kernel
 
-from conftest import SKELETON, command_env, generate, project_config, run
+from conftest import BIN_DIR, SKELETON, command_env, generate, project_config, run
 
-LOCK = dict(line.strip().split("==") for line in (SKELETON / "requirements.lock").read_text().splitlines()
-            if "==" in line and not line.startswith("#"))
+
+def pins(name: str) -> dict[str, str]:
+    return dict(line.strip().split("==") for line in (SKELETON / name).read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+
+
+LOCK = pins("requirements.lock")
+LAB_LOCK = pins("requirements-lab.lock")
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +66,31 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
-def test_make_lab_serves_on_loopback_and_stops_cleanly(project, tmp_path):
+def test_lab_lock_is_consistent_with_the_lock_and_keeps_jsonschema_extras_out():
+    """JupyterLab's lock installs on top of requirements.lock (images): a package both pin has one version. The
+    pipeline's lock has none of JupyterLab's packages, above all not the ones that make `import jsonschema` slow."""
+    assert {name: version for name, version in LAB_LOCK.items() if name in LOCK and LOCK[name] != version} == {}
+    assert "jupyterlab" in LAB_LOCK and "ipykernel" in LAB_LOCK  # complete: .venv-lab is made from it alone
+    assert not {"jupyterlab", "jupyter_server", "jupyter-events", "rfc3987-syntax", "lark"} & set(LOCK)
+
+
+def test_make_lab_serves_on_loopback_and_stops_cleanly(project, lab_venv, tmp_path):
     import psutil
 
     port = free_port()
     runtime_dir = tmp_path / "runtime"
     log_path = tmp_path / "lab.log"
+    # The user's kernels: make kernel's (runtime none here) and a python3 of the user's own, which make lab's wins over.
+    data_dir = tmp_path / "jupyter"
+    run(["make", "kernel"], project, JUPYTER_DATA_DIR=str(data_dir))
+    decoy = data_dir / "kernels/python3/kernel.json"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text(json.dumps({"argv": ["/nonexistent/python", "-f", "{connection_file}"], "display_name": "decoy",
+                                 "language": "python"}))
     with log_path.open("w") as log:
-        lab = subprocess.Popen(["make", "lab", f"LAB_PORT={port}"], cwd=project, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True,
-                               env=command_env(JUPYTER_RUNTIME_DIR=str(runtime_dir)))
+        lab = subprocess.Popen(["make", "lab", f"LAB_PORT={port}", f"LAB_VENV={lab_venv}"], cwd=project, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               env=command_env(JUPYTER_RUNTIME_DIR=str(runtime_dir), JUPYTER_DATA_DIR=str(data_dir)))
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and lab.poll() is None:
@@ -78,12 +101,21 @@ def test_make_lab_serves_on_loopback_and_stops_cleanly(project, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail(f"make lab did not answer on port {port}:\n{log_path.read_text()[-3000:]}")
-        assert (status, json.loads(body)) == (200, {"version": LOCK["jupyter_server"]})
+        assert (status, json.loads(body)) == (200, {"version": LAB_LOCK["jupyter_server"]})
         output = log_path.read_text()
         assert f"JupyterLab on http://127.0.0.1:{port}/lab" in output
         token = output.split(f"http://127.0.0.1:{port}/lab?token=", 1)[1].split()[0]
         assert get(f"http://127.0.0.1:{port}/api/kernelspecs")[0] == 403  # nothing without the token
-        assert get(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}")[0] == 200
+        status, body = get(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}")
+        specs = json.loads(body)
+        assert specs["default"] == "python3"
+        # python3 is the project's Python (the one `make run` uses; here the test environment's, as for make run),
+        # not JupyterLab's environment's own python3 nor the user's.
+        assert specs["kernelspecs"]["python3"]["spec"]["argv"] == [str(BIN_DIR / "python"), "-m", "ipykernel_launcher",
+                                                                   "-f", "{connection_file}"]
+        assert specs["kernelspecs"]["python3"]["spec"]["display_name"] == "digits-classifier (project environment)"
+        assert "digits-classifier" in specs["kernelspecs"]  # make kernel's
+        assert (project / "build/jupyter/share/jupyter/kernels/python3/kernel.json").is_file()
         listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
         assert listening == {"127.0.0.1"}
         assert list(runtime_dir.glob("jpserver-*.json"))
@@ -201,4 +233,4 @@ def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
     # JupyterLab is in the image at the locked version: the notebook pod's command (deploy/notebook/pod.yaml) finds it.
     lab = run(["ch-run", str(image), "--", "/opt/venv/bin/python", "-m", "jupyter", "lab", "--version"], project,
               USER=user)
-    assert lab.stdout.strip() == LOCK["jupyterlab"]
+    assert lab.stdout.strip() == LAB_LOCK["jupyterlab"]
