@@ -34,10 +34,12 @@ from pathlib import Path
 from jinja2.ext import Extension
 
 HERE = Path(__file__).resolve().parent
-# The top-level import names of every package in the generated project's lock (requirements.lock), written by
-# `python template_answers.py --lock-imports` from the installed packages' metadata; tests check it is current.
+# The top-level import names of every package in the generated project's locks (requirements.lock, and
+# requirements-lab.lock, which the images install on top), written by `python template_answers.py --lock-imports`
+# from the installed packages' metadata; tests check it is current.
 LOCK_IMPORTS = HERE / "requirements" / "lock-imports.txt"
 LOCK = HERE / "{{cookiecutter.project_slug}}" / "requirements.lock"
+LAB_LOCK = HERE / "{{cookiecutter.project_slug}}" / "requirements-lab.lock"
 
 MARKUP = re.compile(r"\{\{|\{%|\{#")
 # Answers written as text into files: the project's title, author and one-line description.
@@ -296,28 +298,42 @@ def import_names(distribution) -> set[str]:
 
 
 def locked_distributions() -> list[str]:
-    return [
+    """The distributions both locks pin, each once."""
+    return list(dict.fromkeys(
         re.split(r"[=<>!~;\[ ]", line.strip())[0]
-        for line in LOCK.read_text().splitlines()
+        for lock in (LOCK, LAB_LOCK)
+        for line in lock.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
-    ]
+    ))
 
 
-def derive_lock_imports() -> set[str]:
+def derive_lock_imports(paths: list[str] = ()) -> set[str]:
+    """From this environment, or for a distribution it lacks from `paths` (e.g. .venv-lab's site-packages)."""
     import importlib.metadata
 
     names = set()
     for name in locked_distributions():
-        names |= import_names(importlib.metadata.distribution(name))
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            found = list(importlib.metadata.distributions(name=name, path=list(paths)))
+            if not found:
+                raise
+            distribution = found[0]
+        names |= import_names(distribution)
     return names
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--lock-imports"]:
-        sys.exit("usage: python template_answers.py --lock-imports   (in an environment with requirements.lock installed)")
+    if sys.argv[1:2] != ["--lock-imports"]:
+        sys.exit("usage: python template_answers.py --lock-imports [SITE_PACKAGES ...]   (in an environment with "
+                 "requirements.lock installed; the site-packages folders of one with requirements-lab.lock, e.g. "
+                 ".venv-lab/lib/python3.11/site-packages, for what this one lacks)")
     header = (
-        "# Top-level import names of every package in {{cookiecutter.project_slug}}/requirements.lock: a generated\n"
-        "# project's package_name must not be one. Written by `python template_answers.py --lock-imports`.\n"
+        "# Top-level import names of every package in {{cookiecutter.project_slug}}/requirements.lock and\n"
+        "# requirements-lab.lock: a generated project's package_name must not be one.\n"
+        "# Written by `python template_answers.py --lock-imports [.venv-lab's site-packages]`.\n"
     )
-    LOCK_IMPORTS.write_text(header + "".join(f"{name}\n" for name in sorted(derive_lock_imports())))
+    names = derive_lock_imports(sys.argv[2:])
+    LOCK_IMPORTS.write_text(header + "".join(f"{name}\n" for name in sorted(names)))
     print(f"wrote {LOCK_IMPORTS}")

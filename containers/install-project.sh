@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install a generated project into a container image being built (the %post step of every Apptainer definition in
-# containers/): the pinned environment from requirements.lock, the project package, Horovod built by the same
+# containers/): the pinned environment from requirements.lock, JupyterLab from requirements-lab.lock on top (the
+# notebook pod runs it from the image), the project package, Horovod built by the same
 # containers/horovod/build-horovod.sh as everywhere else, and the build inputs as metadata and labels.
 #
 # Usage (inside the build): install-project.sh --gpu cpu|rocm|cuda --base IMAGE [--torch-index URL] [--python PYTHON]
@@ -13,7 +14,8 @@
 #                  lumi-multitorch with its RCCL network plugin): the venv sees it (--system-site-packages), the
 #                  lock's torch pins (torch, torchvision, torchaudio, triton) are left out, and the torch version
 #                  used is recorded
-# Expects what the definitions' %files copy to /opt/smkml: requirements.lock, extra-requirements.txt,
+# Expects what the definitions' %files copy to /opt/smkml: requirements.lock, requirements-lab.lock,
+# extra-requirements.txt,
 # project/ (pyproject.toml, src/), build-horovod.sh, vendored.json. Writes /opt/venv, /etc/smkml-image.json and
 # labels (APPTAINER_LABELS).
 set -euo pipefail
@@ -37,7 +39,7 @@ done
 case "$gpu" in cpu|rocm|cuda) ;; *) die "--gpu '$gpu' is not one of: cpu, rocm, cuda" ;; esac
 [ -n "$base" ] || die "--base IMAGE is required (it is recorded in the image's metadata)"
 src="${SMKML_SRC:-/opt/smkml}" # overridable for tests
-for need in requirements.lock extra-requirements.txt project/pyproject.toml project/src build-horovod.sh; do
+for need in requirements.lock requirements-lab.lock extra-requirements.txt project/pyproject.toml project/src build-horovod.sh; do
   [ -e "$src/$need" ] || die "$src/$need is missing: the definition's %files must copy it"
 done
 # What the image installs besides the lock (setuptools for torch), from containers/extra-requirements.txt.
@@ -58,6 +60,7 @@ fi
 pip=(/opt/venv/bin/python -m pip install --no-cache-dir)
 [ -z "$torch_index" ] || pip+=(--extra-index-url "$torch_index")
 "${pip[@]}" -r "$lock" $EXTRA_REQUIREMENTS
+"${pip[@]}" -r "$src/requirements-lab.lock" # its shared packages have the main lock's versions: nothing changes
 "${pip[@]}" --no-deps "$src/project"
 bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python --cache "$src/wheels"
 if [ "$system_torch" = 1 ]; then
@@ -69,13 +72,15 @@ else
 fi
 
 lock_sha=$(sha256sum "$src/requirements.lock" | cut -d' ' -f1)
+lab_lock_sha=$(sha256sum "$src/requirements-lab.lock" | cut -d' ' -f1)
 template_version=$(/opt/venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
   "$src/vendored.json" 2>/dev/null || true)
-/opt/venv/bin/python - "$base" "$gpu" "$lock_sha" "${template_version:-unknown}" "$EXTRA_REQUIREMENTS" "$system_torch" <<'PY'
+/opt/venv/bin/python - "$base" "$gpu" "$lock_sha" "$lab_lock_sha" "${template_version:-unknown}" "$EXTRA_REQUIREMENTS" "$system_torch" <<'PY'
 import datetime, importlib.metadata as md, json, sys
-base, gpu, lock_sha, template_version, extra, system_torch = sys.argv[1:]
+base, gpu, lock_sha, lab_lock_sha, template_version, extra, system_torch = sys.argv[1:]
 meta = {
-    "base": base, "gpu": gpu, "requirements_lock_sha256": lock_sha, "extra_requirements": extra.split(),
+    "base": base, "gpu": gpu, "requirements_lock_sha256": lock_sha,
+    "requirements_lab_lock_sha256": lab_lock_sha, "extra_requirements": extra.split(),
     "template_version": template_version, "torch": md.version("torch"), "horovod": md.version("horovod"),
     "torch_from": "the base image" if system_torch == "1" else "requirements.lock",
     "python": sys.version.split()[0], "recipe": "containers/install-project.sh",
@@ -89,6 +94,7 @@ labels="${APPTAINER_LABELS:-${SINGULARITY_LABELS:-}}"
 if [ -n "$labels" ]; then
   {
     echo "org.smkml.requirements-lock-sha256 $lock_sha"
+    echo "org.smkml.requirements-lab-lock-sha256 $lab_lock_sha"
     echo "org.smkml.base-image $base"
     echo "org.smkml.template-version ${template_version:-unknown}"
     echo "org.smkml.gpu $gpu"

@@ -142,6 +142,29 @@ def s3_server(tmp_path_factory):
     process.wait(timeout=10)
 
 
+# JupyterLab's environment for the tests, kept between test sessions like the images (its stamp names the lab lock's
+# checksum, so a changed lock installs again). The template's own environment has no JupyterLab: requirements-lab.lock
+# is kept out of it, so that the suite's pipelines do not pay its import cost (see that file).
+LAB_VENV = Path(os.environ.get("SMKML_CACHE", Path.home() / ".cache/cookiecutter-snakemake-ml")) / "lab-venv"
+
+
+@pytest.fixture(scope="session")
+def lab_venv(tmp_path_factory) -> Path:
+    """JupyterLab's environment, made by the project's own rule (`make lab-env LAB_VENV=...`, the Makefile and lab
+    lock of the skeleton; a generated project has the same two files) once per machine."""
+    import fcntl
+    import shutil
+
+    work = tmp_path_factory.mktemp("lab-env")
+    for name in ("Makefile", "requirements-lab.lock"):
+        shutil.copy(SKELETON / name, work / name)
+    LAB_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(LAB_VENV.parent / ".lab-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache
+        run(["make", "--no-print-directory", "lab-env", f"LAB_VENV={LAB_VENV}"], work, timeout=1200)
+    return LAB_VENV
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running two-node LUMI-G-shaped Slurm cluster with accounting (mini-LUMI), for the whole test session."""

@@ -33,6 +33,7 @@ DEFINITIONS = {
 }
 FILES = [
     "requirements.lock /opt/smkml/requirements.lock",
+    "requirements-lab.lock /opt/smkml/requirements-lab.lock",
     "pyproject.toml /opt/smkml/project/pyproject.toml",
     "src /opt/smkml/project/src",
     "vendored.json /opt/smkml/vendored.json",
@@ -147,9 +148,10 @@ def test_install_step_builds_horovod_with_the_shared_script_and_records_inputs()
     run(["bash", "-n", str(CONTAINERS / "install-project.sh")], TEMPLATE_DIR)
     assert 'bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python' in script
     assert 'lock="$src/requirements.lock"' in script and '"${pip[@]}" -r "$lock"' in script
+    assert '"${pip[@]}" -r "$src/requirements-lab.lock"' in script  # JupyterLab on top, for the notebook pod
     assert '"${pip[@]}" --no-deps "$src/project"' in script
     assert 'open("/etc/smkml-image.json", "w")' in script
-    for label in ("requirements-lock-sha256", "base-image", "template-version", "gpu"):
+    for label in ("requirements-lock-sha256", "requirements-lab-lock-sha256", "base-image", "template-version", "gpu"):
         assert f"org.smkml.{label} " in script
 
 
@@ -170,7 +172,8 @@ def test_install_step_refuses_bad_input(tmp_path, args, message):
 
 def staged_sources(src):
     """What the definitions' %files copy, as empty stand-ins (the install stops before using them)."""
-    for name in ("requirements.lock", "extra-requirements.txt", "project/pyproject.toml", "build-horovod.sh"):
+    for name in ("requirements.lock", "requirements-lab.lock", "extra-requirements.txt", "project/pyproject.toml",
+                 "build-horovod.sh"):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text("")
     (src / "project/src").mkdir()
@@ -199,14 +202,19 @@ def test_cotainr_environment_is_the_lock(project, tmp_path):
     python, pip, pip_section = env["dependencies"]
     assert (python, pip) == ("python=3.11", "pip")
     lock = [line for line in (project / "requirements.lock").read_text().splitlines() if line and line[0] != "#"]
+    lab = [line for line in (project / "requirements-lab.lock").read_text().splitlines() if line and line[0] != "#"]
+    assert any(line.startswith("jupyterlab==") for line in lab)
     extra = [line for line in (project / "containers/extra-requirements.txt").read_text().splitlines()
              if line and line[0] != "#"]
     assert extra == ["setuptools==80.10.2"]  # torch needs setuptools>=77; the lock leaves it out
-    assert pip_section["pip"] == ["--extra-index-url https://download.pytorch.org/whl/rocm6.4", *lock, *extra,
-                                  str(project)]
+    # The lock, then JupyterLab's packages that the lock lacks (the shared ones once, at the lock's versions).
+    assert pip_section["pip"] == ["--extra-index-url https://download.pytorch.org/whl/rocm6.4", *lock,
+                                  *[line for line in lab if line not in lock], *extra, str(project)]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", line) for line in lock)
     meta = json.loads((tmp_path / "lumi-cotainr.json").read_text())
     assert meta["requirements_lock_sha256"] == hashlib.sha256((project / "requirements.lock").read_bytes()).hexdigest()
+    assert meta["requirements_lab_lock_sha256"] == hashlib.sha256(
+        (project / "requirements-lab.lock").read_bytes()).hexdigest()
     assert meta["template_version"] == json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())["_template_version"]
 
 

@@ -95,12 +95,15 @@ def test_image_records_its_build_inputs(container_run):
     meta = json.loads((image / "etc/smkml-image.json").read_text())
     lock = (project / "requirements.lock").read_bytes()
     assert meta["requirements_lock_sha256"] == hashlib.sha256(lock).hexdigest()
+    lab_lock = (project / "requirements-lab.lock").read_bytes()
+    assert meta["requirements_lab_lock_sha256"] == hashlib.sha256(lab_lock).hexdigest()
     assert meta["base"].startswith("debian:bookworm")
     assert meta["horovod_wheel"].startswith("horovod-0.28.1-cp311")
     assert meta["project"] == "digits-classifier" and meta["project_dir"] == str(project)
     assert meta["template_version"] == json.loads(Path(__file__).parents[1].joinpath("cookiecutter.json").read_text())[
         "_template_version"]
     assert (image / "opt/smkml/requirements.lock").read_bytes() == lock
+    assert (image / "opt/smkml/requirements-lab.lock").read_bytes() == lab_lock
     assert list((image / "opt/venv/lib/python3.11/site-packages").glob("digits_classifier-0.1.0.dist-info"))
 
 

@@ -108,6 +108,7 @@ REQUIRED_FILES = [
     "Makefile",
     "pyproject.toml",
     "requirements.lock",
+    "requirements-lab.lock",
     ".gitignore",
     "workflow/Snakefile",
     "workflow/rules/common.smk",

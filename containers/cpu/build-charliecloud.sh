@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build a Charliecloud CPU image of a generated project, without any image registry:
 #   1. a Debian bookworm root filesystem from apt (mmdebstrap, with the host's apt sources or --mirror),
-#   2. a wheelhouse made on the host from the project's requirements.lock (binary wheels for CPython 3.11 /
-#      manylinux; the few sdist-only packages built into wheels on the host), plus the Horovod wheel from
+#   2. a wheelhouse made on the host from the project's requirements.lock and requirements-lab.lock (JupyterLab,
+#      for the notebook pod; binary wheels for CPython 3.11 / manylinux; the few sdist-only packages built into
+#      wheels on the host), plus the Horovod wheel from
 #      containers/horovod/build-horovod.sh when the project's backend is horovod,
 #   3. /opt/venv inside the image, installed offline from that wheelhouse with ch-run (no network inside),
 #   4. the project package itself, a mount point for the project directory, and the build inputs recorded in
-#      /etc/smkml-image.json (lock sha256, base, Horovod wheel, template version, date).
-# Layers are cached: the base (Debian + venv + lock) under <cache>/images/base-<key> keyed by the lock, the
+#      /etc/smkml-image.json (both locks' sha256, base, Horovod wheel, template version, date).
+# Layers are cached: the base (Debian + venv + locks) under <cache>/images/base-<key> keyed by the locks, the
 # Horovod wheel and this recipe; the project image under <cache>/images/<slug>-<key> (hard-linked copy of the base
 # plus the project). A second build with the same inputs reuses them. The project gets a link
 # containers/images/cpu -> the image, the default `container.image` for runtime charliecloud.
@@ -62,8 +63,9 @@ export USER="${USER:-$(id -un)}" # ch-run refuses to start without it
 [ -n "$project" ] || project=$(cd "$here/../.." && pwd)
 project=$(cd "$project" 2>/dev/null && pwd) || die "project directory '$project' does not exist"
 lock="$project/requirements.lock"
-[ -f "$lock" ] && [ -f "$project/pyproject.toml" ] \
-  || die "'$project' is not a generated project (no requirements.lock and pyproject.toml): pass --project DIR"
+lab_lock="$project/requirements-lab.lock"
+[ -f "$lock" ] && [ -f "$lab_lock" ] && [ -f "$project/pyproject.toml" ] \
+  || die "'$project' is not a generated project (no requirements.lock, requirements-lab.lock and pyproject.toml): pass --project DIR"
 if [ -z "$backend" ]; then
   backend=$("$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["train"]["backend"])' \
     "$project/config/config.yaml") || die "cannot read train.backend from $project/config/config.yaml: pass --backend"
@@ -95,6 +97,7 @@ flock 9 # one build at a time per cache
 
 sha() { sha256sum "$@" | cut -d' ' -f1; }
 lock_sha=$(sha "$lock")
+lab_lock_sha=$(sha "$lab_lock")
 # Run in an image with a clean environment: ch-run passes the host's through (PIP_*, PYTHONPATH, ...).
 chrun() { env -i USER="$USER" HOME=/root LANG=C.UTF-8 PATH=/opt/venv/bin:/usr/bin:/bin ch-run "$@"; }
 
@@ -109,18 +112,19 @@ fi
 hvd_sha=$([ -n "$horovod_wheel" ] && sha "$horovod_wheel" || echo none)
 mirror_id=$([ -f "$mirror" ] && sha "$mirror" || echo "$mirror")
 base_key=$(printf '%s\n' "recipe=$RECIPE_VERSION" "suite=$SUITE" "packages=$PACKAGES" "mirror=$mirror_id" \
-  "lock=$lock_sha" "extra=$EXTRA_REQUIREMENTS" "horovod=$hvd_sha" | sha256sum | cut -c1-16)
+  "lock=$lock_sha" "lab_lock=$lab_lock_sha" "extra=$EXTRA_REQUIREMENTS" "horovod=$hvd_sha" | sha256sum | cut -c1-16)
 base="$images/base-$base_key"
 
 # -------------------------------------------------------------- wheelhouse (host side, cached by lock)
 wheelhouse() {
-  local dir="$cache/wheelhouse/cp311-${lock_sha:0:16}"
+  local dir="$cache/wheelhouse/cp311-${lock_sha:0:16}-${lab_lock_sha:0:16}"
   if [ -f "$dir/.complete" ] && [ -f "$dir/extra.txt" ] && [ "$(cat "$dir/extra.txt")" = "$EXTRA_REQUIREMENTS" ]; then
     echo "$dir"; return
   fi
   mkdir -p "$dir"
   local want="$dir/requirements.txt" sdists=() log name
-  grep -Ev '^\s*(#|$)' "$lock" > "$want"
+  # Both locks (the lab lock pins its shared packages at the main lock's versions): each package once.
+  cat "$lock" "$lab_lock" | grep -Ev '^\s*(#|$)' | sort -u > "$want"
   # Binary wheels for the image's platform; packages with no wheel at all are built on the host (same CPython
   # 3.11, pure Python in practice) and the download is retried without them.
   for _ in $(seq 30); do
@@ -144,6 +148,7 @@ wheelhouse() {
     -d "$dir" $EXTRA_REQUIREMENTS >&2 || die "pip download of $EXTRA_REQUIREMENTS failed"
   echo "$EXTRA_REQUIREMENTS" > "$dir/extra.txt"
   cp "$lock" "$dir/requirements.lock"
+  cp "$lab_lock" "$dir/requirements-lab.lock"
   touch "$dir/.complete"
   echo "$dir"
 }
@@ -162,10 +167,10 @@ if [ "$rebuild" = 1 ] || [ ! -f "$base/etc/smkml-base.json" ]; then
   # rendezvous at localhost (torchrun --standalone, Gloo) cannot start.
   printf '%s\n' "127.0.0.1 localhost" "::1 localhost ip6-localhost ip6-loopback" > "$tmp/etc/hosts"
   mkdir -p "$tmp/wheels" "$tmp/ch"
-  say "installing requirements.lock offline into /opt/venv"
+  say "installing requirements.lock and requirements-lab.lock offline into /opt/venv"
   chrun -w "$tmp" -- python3 -m venv /opt/venv
   chrun -w -b "$wheels:/wheels" "$tmp" -- /opt/venv/bin/pip install --quiet --no-index --no-deps \
-    --find-links /wheels -r /wheels/requirements.lock -r /wheels/extra.txt
+    --find-links /wheels -r /wheels/requirements.lock -r /wheels/requirements-lab.lock -r /wheels/extra.txt
   if [ -n "$horovod_wheel" ]; then
     chrun -w -b "$(dirname "$horovod_wheel"):/wheels" "$tmp" -- /opt/venv/bin/pip install --quiet --no-index \
       --no-deps "/wheels/$(basename "$horovod_wheel")"
@@ -175,12 +180,14 @@ if [ "$rebuild" = 1 ] || [ ! -f "$base/etc/smkml-base.json" ]; then
   rmdir "$tmp/wheels"
   mkdir -p "$tmp/opt/smkml"
   cp "$lock" "$tmp/opt/smkml/requirements.lock"
+  cp "$lab_lock" "$tmp/opt/smkml/requirements-lab.lock"
   printf '%s\n' "PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin" "VIRTUAL_ENV=/opt/venv" "LANG=C.UTF-8" \
     > "$tmp/ch/environment"
   "$python" - "$tmp/etc/smkml-base.json" <<PY
 import json, sys, datetime
 json.dump({"base": "debian:$SUITE (mmdebstrap --variant=apt)", "apt_packages": "$PACKAGES".split(","),
            "apt_sources": "$mirror_id", "requirements_lock_sha256": "$lock_sha",
+           "requirements_lab_lock_sha256": "$lab_lock_sha",
            "extra_requirements": "$EXTRA_REQUIREMENTS".split(),
            "horovod_wheel": "$(basename "${horovod_wheel:-none}")", "horovod_wheel_sha256": "$hvd_sha",
            "recipe": "containers/cpu/build-charliecloud.sh v$RECIPE_VERSION",

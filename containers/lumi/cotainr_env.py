@@ -7,7 +7,8 @@ environment file on a LUMI login node, without root:
     # = python3 containers/lumi/cotainr_env.py --output containers/images/cotainr-env.yml
     #   cotainr build containers/images/lumi-cotainr.sif --system=lumi-g --conda-env=containers/images/cotainr-env.yml
 
-The environment pins exactly what requirements.lock pins (one lock for every image), takes torch from PyPI's ROCm
+The environment pins exactly what requirements.lock pins (one lock for every image) and, on top, JupyterLab from
+requirements-lab.lock (the notebook pod runs it from the image), takes torch from PyPI's ROCm
 sibling index (PyTorch's ROCm wheels), and installs the project package from its directory. cotainr runs no build
 steps of its own, so Horovod (which must be compiled) is not in this image: use it with train.backend torch_ddp, or
 build containers/lumi/horovod-rocm.def for Horovod. The build inputs go next to the image, as
@@ -38,8 +39,10 @@ EXTRA_REQUIREMENTS = requirement_lines(Path(__file__).resolve().parents[1] / "ex
 
 def environment(project: Path) -> dict:
     """The conda environment: python, pip, and every pinned package of the lock under pip."""
-    pip = ["--extra-index-url " + TORCH_INDEX, *requirement_lines(project / "requirements.lock"),
-           *EXTRA_REQUIREMENTS, str(project.resolve())]
+    # The lab lock pins its shared packages at the main lock's versions: each line once.
+    locked = dict.fromkeys([*requirement_lines(project / "requirements.lock"),
+                            *requirement_lines(project / "requirements-lab.lock")])
+    pip = ["--extra-index-url " + TORCH_INDEX, *locked, *EXTRA_REQUIREMENTS, str(project.resolve())]
     return {"name": "smkml", "channels": ["conda-forge"],
             "dependencies": [f"python={PYTHON}", "pip", {"pip": pip}]}
 
@@ -51,6 +54,7 @@ def metadata(project: Path) -> dict:
         "base": f"cotainr --system=lumi-g (conda-forge python={PYTHON})",
         "gpu": "rocm",
         "requirements_lock_sha256": hashlib.sha256((project / "requirements.lock").read_bytes()).hexdigest(),
+        "requirements_lab_lock_sha256": hashlib.sha256((project / "requirements-lab.lock").read_bytes()).hexdigest(),
         "extra_requirements": EXTRA_REQUIREMENTS,
         "torch_index": TORCH_INDEX,
         "template_version": version,
