@@ -20,6 +20,8 @@ import random
 import re
 from collections.abc import Mapping
 
+from . import schemas
+
 # The member ids' characters (the wildcard's constraint in sweep.smk).
 MEMBER_ID = r"[A-Za-z0-9.=_-]+"
 READABLE_LENGTH = 48  # characters of key=value parts before the hash
@@ -211,8 +213,6 @@ def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
     sampler, trials, batch, startup, seed, space, metric, direction (of sweep:), rounds, and study: the name of the
     study and its folder (the sampler and a hash of everything that shapes its trials but `trials`, so raising
     `trials` continues the same study). `schema`: train.hyperparameters' schema, to check the space's ends."""
-    from smkml import schemas
-
     sweep = config.get("sweep") or {}
     spec = sweep.get("search")
     if not spec:
