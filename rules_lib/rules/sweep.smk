@@ -22,7 +22,11 @@ SWEEP_DIR = "results/sweep"
 SEARCH_DIR = f"{SWEEP_DIR}/search/{SEARCH['study'] if SEARCH else 'none'}"
 # What a round's trials depend on; not `trials`, so raising it adds rounds without redoing the earlier ones.
 SEARCH_SHAPE = json.dumps(
-    {key: value for key, value in (SEARCH or {}).items() if key not in ("trials", "rounds")},
+    {
+        key: value
+        for key, value in (SEARCH or {}).items()
+        if key not in ("trials", "rounds")
+    },
     sort_keys=True,
 )
 # The sweep's parent run is the pipeline's run (start_tracking; the prepare step logs the data there too): one
