@@ -69,7 +69,7 @@ rule sweep_params:
     conda:
         "../envs/pipeline.yaml"
     params:
-        values=lambda wildcards, input: json.dumps(
+        values=lambda wildcards: json.dumps(
             member_params(wildcards.member), sort_keys=True
         ),
     message:

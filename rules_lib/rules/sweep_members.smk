@@ -51,14 +51,14 @@ def member_files(name):
 
 
 def told(members):
-    """--told of `python -m <package>.search`: trial number -> [member id, its metrics.json]."""
-    return json.dumps(
-        {
-            str(sweeps.trial_number(member)): [
-                member,
-                f"{SWEEP_DIR}/{member}/metrics.json",
-            ]
-            for member in members
-        },
-        sort_keys=True,
-    )
+    """--told of `python -m <package>.search`: trial number, member id and its metrics.json of each finished trial,
+    as separate arguments (no single argument grows with the search)."""
+    return [
+        str(part)
+        for member in members
+        for part in (
+            sweeps.trial_number(member),
+            member,
+            f"{SWEEP_DIR}/{member}/metrics.json",
+        )
+    ]

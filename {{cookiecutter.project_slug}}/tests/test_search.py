@@ -12,14 +12,14 @@ SEARCH = {"study": "tpe-test", "sampler": "tpe", "batch": 3, "startup": 3, "seed
 
 def ask(folder, round_, told=None, rounds=()):
     """One round as the workflow runs it; told: {trial number: accuracy} of the finished trials."""
-    told_arg = {}
+    told_arg = []
     for number, value in (told or {}).items():
         path = folder / f"metrics-{number}.json"
         path.write_text(json.dumps({"accuracy": value}))
-        told_arg[str(number)] = [f"trial={number}_x", str(path)]
+        told_arg += [str(number), f"trial={number}_x", str(path)]
     out = folder / f"round-{round_}.json"
     search.main(["ask", "--journal", str(folder / "study.journal"), "--search", json.dumps(SEARCH),
-                 "--rounds", *map(str, rounds), "--told", json.dumps(told_arg), "--round", str(round_),
+                 "--rounds", *map(str, rounds), "--told", *told_arg, "--round", str(round_),
                  "--size", "3", "--out", str(out)])
     return out, json.loads(out.read_text())["trials"]
 
@@ -54,13 +54,13 @@ def test_a_lost_journal_is_rebuilt_from_the_rounds(tmp_path):
 
 def test_summary_and_a_missing_metric(tmp_path):
     round0, _ = ask(tmp_path, 0)
-    told = {}
+    told = []
     for number, value in {0: 0.5, 1: 0.9, 2: 0.7}.items():
         (tmp_path / f"m{number}.json").write_text(json.dumps({"accuracy": value}))
-        told[str(number)] = [f"member-{number}", str(tmp_path / f"m{number}.json")]
+        told += [str(number), f"member-{number}", str(tmp_path / f"m{number}.json")]
     out = tmp_path / "study.json"
     search.main(["summary", "--journal", str(tmp_path / "study.journal"), "--search", json.dumps(SEARCH),
-                 "--rounds", str(round0), "--told", json.dumps(told), "--out", str(out)])
+                 "--rounds", str(round0), "--told", *told, "--out", str(out)])
     summary = json.loads(out.read_text())
     assert summary["complete"] == 3 and summary["best"]["member"] == "member-1" and summary["best"]["value"] == 0.9
     with pytest.raises(SystemExit, match="sweep.metric 'loss'"):

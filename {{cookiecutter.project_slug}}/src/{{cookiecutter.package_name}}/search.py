@@ -1,7 +1,8 @@
 """Adaptive search (config `sweep.search`, docs/sweeps.md): an Optuna study asked and told in rounds.
 
     python -m {{ cookiecutter.package_name }}.search ask --journal results/sweep/search/<study>/study.journal \\
-        --round R --size K ... --told '{"0": "results/sweep/<member>/metrics.json", ...}' --out round-R.json
+        --search '{...}' --round R --size K --rounds round-0.json ... \
+        --told 0 <member> results/sweep/<member>/metrics.json ... --out round-R.json
     python -m {{ cookiecutter.package_name }}.search summary --journal ... --told ... --out study.json
 
 The workflow (the checkpoint `search_round` in workflow/rules/sweep.smk) runs `ask` once per round: it tells the
@@ -178,15 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--journal", required=True, help="the study's Optuna journal file")
     parser.add_argument("--search", required=True, help="JSON: config sweep.search as the workflow checked it")
     parser.add_argument("--rounds", nargs="*", default=[], help="the earlier rounds' files")
-    parser.add_argument("--told", default="{}",
-                        help='JSON: {trial number: [member id, metrics.json]} of every finished trial')
+    parser.add_argument("--told", nargs="*", default=[], metavar="NUMBER MEMBER METRICS",
+                        help="every finished trial: its number, its member id and its metrics.json")
     parser.add_argument("--round", type=int, default=0, help="ask: the round")
     parser.add_argument("--size", type=int, default=0, help="ask: its number of trials")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
     search = json.loads(args.search)
-    finished = {int(number): entry for number, entry in json.loads(args.told).items()}
+    if len(args.told) % 3:
+        parser.error("--told takes triples: trial number, member id, metrics.json")
+    finished = {int(args.told[i]): args.told[i + 1:i + 3] for i in range(0, len(args.told), 3)}
     told = {number: metric_value(path, search["metric"]) for number, (_, path) in finished.items()}
     rounds = [json.loads(Path(path).read_text()) for path in args.rounds]
     seed = round_seed(search["seed"], args.round)
