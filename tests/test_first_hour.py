@@ -147,7 +147,7 @@ def test_make_demo_twice_keeps_the_previous_demo_and_says_so(tmp_path):
     assert store.read_text() == "demo pipeline ran\n"
 
 
-RULE = re.compile(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", re.MULTILINE)
+RULE = re.compile(r"^(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n|\n)*)", re.MULTILINE)
 
 
 def test_every_rule_has_a_message_and_a_log(projects):

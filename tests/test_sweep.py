@@ -6,11 +6,21 @@ import re
 
 import pytest
 from smkml import schemas
-from smkml.sweep import MEMBER_ID, SweepError, configured, members, swept_keys
+from smkml.sweep import (
+    MEMBER_ID,
+    SweepError,
+    configured,
+    members,
+    search,
+    swept_keys,
+    trial_members,
+    trial_number,
+)
 
 from conftest import project_config
 
 HYPER = schemas.node("config", "properties", "train", "properties", "hyperparameters")
+SPACE = {"learning_rate": {"low": 0.0001, "high": 0.1, "log": True}, "hidden_sizes": {"choices": [[32], [64, 32]]}}
 
 
 def expand(**sweep) -> dict[str, dict]:
@@ -81,6 +91,18 @@ def test_seeds_alone_replicate_the_configured_parameters():
         ({"random": {"count": 2, "space": {"dropout": {"sampler": "tpe"}}}}, "sweep.random.space.dropout"),
         ({"grid": {"dropout": [1.5]}}, "train.hyperparameters.dropout"),
         ({"grid": {"dropout": [0.1]}, "list": [{"dropout": 0.1}]}, "given twice"),
+        # adaptive search (sweep.search)
+        ({"search": {"trials": 2, "batch": 3, "space": SPACE}}, "sweep.search.trials"),
+        ({"search": {"sampler": "cmaes", "trials": 4, "batch": 2, "space": SPACE}}, "sweep.search.sampler"),
+        ({"search": {"trials": 4, "batch": 2, "space": SPACE, "metric": "loss"}}, "sweep.search.metric"),
+        ({"search": {"trials": 4, "batch": 0, "space": SPACE}}, "sweep.search.batch"),
+        ({"search": {"trials": 4, "batch": 2, "space": {"momentum": {"low": 0.1, "high": 0.9}}}},
+         "sweep.search.space.momentum"),
+        ({"search": {"trials": 4, "batch": 2, "space": {}}}, "sweep.search.space"),
+        ({"search": {"trials": 4, "batch": 2, "space": {"dropout": {"low": 0.0, "high": 1.5}}}},
+         "train.hyperparameters.dropout"),
+        ({"search": {"trials": 4, "batch": 2, "space": {"dropout": {"choices": []}}}}, "sweep.search.space.dropout"),
+        ({"search": {"trials": 4, "batch": 2, "space": SPACE}, "seeds": 2}, "sweep.seeds"),
     ],
 )
 def test_bad_sweeps_are_refused_naming_the_key(sweep, named):
@@ -88,3 +110,28 @@ def test_bad_sweeps_are_refused_naming_the_key(sweep, named):
     config["sweep"] = sweep  # unvalidated: the module's own checks (the schema catches some first)
     with pytest.raises(SweepError, match=re.escape(named)):
         members(config, HYPER)
+
+
+def test_search_is_checked_with_its_defaults_and_its_study_named():
+    config = project_config(sweep={"search": {"trials": 7, "batch": 3, "space": SPACE}})
+    found = search(config, HYPER)
+    assert configured(config["sweep"]) and members(config, HYPER) == {}  # members come round by round
+    assert found["sampler"] == "tpe" and found["startup"] == 3 and found["rounds"] == 3 and found["seed"] == 0
+    assert (found["metric"], found["direction"]) == ("accuracy", "maximize")  # sweep.metric, sweep.direction
+    more = search(project_config(sweep={"search": {"trials": 12, "batch": 3, "space": SPACE}}), HYPER)
+    assert more["study"] == found["study"] and more["rounds"] == 4  # raising `trials` continues the study
+    other = search(project_config(sweep={"search": {"trials": 7, "batch": 3, "space": SPACE, "seed": 1}}), HYPER)
+    assert other["study"] != found["study"]
+    assert search(project_config(), HYPER) is None
+
+
+def test_trial_members_ids_and_parameters():
+    config = project_config(sweep={"search": {"trials": 2, "batch": 2, "space": SPACE}})
+    round_file = {"trials": [{"number": 0, "params": {"learning_rate": 0.0123456789, "hidden_sizes": [64, 32]}},
+                             {"number": 1, "params": {"learning_rate": 0.0123456789, "hidden_sizes": [64, 32]}}]}
+    found = trial_members(round_file, config, HYPER)
+    first, second = found
+    assert first.startswith("trial=0_learning_rate=0.0123457_") and second.startswith("trial=1_")
+    assert re.fullmatch(MEMBER_ID, first) and [trial_number(m) for m in found] == [0, 1]
+    assert found[first] == {**config["train"]["hyperparameters"], **round_file["trials"][0]["params"]}
+    assert trial_number("learning_rate=0.01_seed=43_e953ca2d") is None

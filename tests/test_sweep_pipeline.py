@@ -1,5 +1,6 @@
-"""A sweep in a generated project: bad sweep configs refused by a dry run, and a real 2 x 2-seed sweep on the demo
-data (aggregate table, best member, nested MLflow runs, the report's Sweep category, a rerun with nothing to do)."""
+"""A sweep in a generated project: bad sweep configs refused by a dry run, a real 2 x 2-seed sweep on the demo
+data (aggregate table, best member, nested MLflow runs, the report's Sweep category, a rerun with nothing to do), and
+an adaptive search of 2 rounds of 3 trials interrupted between its rounds and resumed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import statistics
 import pytest
 import yaml
 
-from conftest import generate, run
+from conftest import generate, project_helper, run
 from test_pipeline_e2e import embedded_files
 
 # Small and quick: one rank, one epoch, no checkpoints; 2 learning rates x 2 seeds = 4 members.
@@ -49,10 +50,12 @@ def with_sweep(project, sweep, name="sweep.yaml", train=SMALL_TRAIN) -> list[str
         ({"random": {"count": 2, "space": {"dropout": {"sampler": "tpe"}}}}, "sweep.random.space.dropout"),
         ({"random": {"count": 0, "space": {"dropout": {"low": 0, "high": 0.5}}}}, "count"),
         ({"grid": {"dropout": [0.5, 1.0]}}, "train.hyperparameters.dropout"),
-        ({"search": {"sampler": "tpe", "trials": 4}}, "search"),
+        ({"search": {"sampler": "cmaes", "trials": 4, "batch": 2, "space": {"dropout": {"low": 0, "high": 0.5}}}},
+         "sampler"),
+        ({"search": {"trials": 2, "batch": 3, "space": {"dropout": {"low": 0, "high": 0.5}}}}, "sweep.search.trials"),
     ],
-    ids=["unknown-key", "empty-list", "negative-seeds", "list-unknown-key", "seed-key-missing", "unknown-sampler",
-         "no-samples", "out-of-range", "adaptive-not-built"],
+    ids=["unknown-key", "empty-list", "negative-seeds", "list-unknown-key", "seed-key-missing", "bad-space",
+         "no-samples", "out-of-range", "unknown-sampler", "trials-below-batch"],
 )
 @pytest.mark.reliability(tried="A bad `sweep:` config", sees="an error naming the key", left="nothing: no results")
 def test_bad_sweep_refused_before_anything_runs(project, sweep, named):
@@ -181,3 +184,64 @@ def test_failed_members_are_marked_and_the_others_kept(swept):
     failed = [r for r in children if r.info.status == "FAILED"]
     assert len(children) == 6 and len(failed) == 2
     assert all(r.data.tags["sweep.member"].startswith("batch_size=100000_seed=") for r in failed)
+
+
+# 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results.
+SEARCH = {"search": {"sampler": "tpe", "trials": 6, "batch": 3, "seed": 0,
+                     "space": {"learning_rate": {"low": 0.0001, "high": 0.05, "log": True},
+                               "dropout": {"low": 0.0, "high": 0.3}}},
+          "metric": "accuracy", "direction": "maximize"}
+
+
+@pytest.fixture(scope="module")
+def searched(project):
+    """The search interrupted between its rounds (the first run's target: round 1's trials, asked from the study
+    once round 0 is told), round 1's file lost as if the run had crashed right after asking, then the whole run."""
+    args = with_sweep(project, SEARCH, "search.yaml")
+    config = yaml.safe_load((project / "search.yaml").read_text())
+    study = project / "results/sweep/search" / project_helper(project, "sweep").search(config)["study"]
+    first = run(["snakemake", str(study.relative_to(project) / "round-1.json"), "--profile", "profiles/local", *args],
+                project, timeout=1500)
+    asked = json.loads((study / "round-1.json").read_text())
+    round0 = json.loads((study / "round-0.json").read_text())
+    trained = {p: p.stat().st_mtime_ns for p in (project / "results/sweep").glob("trial=*/model/model.pt")}
+    (study / "round-1.json").unlink()
+    second = run(["snakemake", "--profile", "profiles/local", *args], project, timeout=1500)
+    again = run(["snakemake", "-n", *args], project)
+    return project, study, first, second, again, round0, asked, trained
+
+
+def test_search_rounds_resumed_without_training_again(searched):
+    project, study, first, second, again, round0, asked, trained = searched
+    out1, out2 = first.stdout + first.stderr, second.stdout + second.stderr
+    assert out1.count("Training sweep member trial=") == 3 and len(trained) == 3
+    assert {t["number"] for t in round0["trials"]} == {0, 1, 2} and {t["number"] for t in asked["trials"]} == {3, 4, 5}
+    assert [t["params"] for t in asked["trials"]] != [t["params"] for t in round0["trials"]]
+    # the resumed run trains round 1 only, with the trials the study gave before the interruption
+    trained_now = sorted(line.split("Training sweep member ")[1].split()[0] for line in out2.splitlines()
+                         if "Training sweep member " in line)
+    assert [m.split("_")[0] for m in trained_now] == ["trial=3", "trial=4", "trial=5"], out2[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained
+    assert json.loads((study / "round-1.json").read_text())["trials"] == asked["trials"]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_search_study_told_every_trial(searched):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    project, study, *_ = searched
+    summary = json.loads((study / "study.json").read_text())
+    assert [t["number"] for t in summary["trials"]] == list(range(6)) and summary["complete"] == 6
+    for trial in summary["trials"]:
+        member = project / "results/sweep" / trial["member"]
+        assert trial["value"] == pytest.approx(json.loads((member / "metrics.json").read_text())["accuracy"])
+        assert {k: json.loads((member / "params.json").read_text())[k] for k in trial["params"]} == trial["params"]
+    journal = optuna.load_study(study_name=study.name,
+                                storage=JournalStorage(JournalFileBackend(str(study / "study.journal"))))
+    assert [t.state.name for t in journal.trials] == ["COMPLETE"] * 6
+    best = json.loads((project / "results/sweep/best.json").read_text())
+    assert best["member"] == summary["best"]["member"] and best["members"] == 6
+    with (project / "results/sweep/aggregate.csv").open() as handle:
+        assert sorted(row["member"] for row in csv.DictReader(handle)) == sorted(t["member"] for t in summary["trials"])

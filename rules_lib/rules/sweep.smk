@@ -2,19 +2,33 @@
 # below, then one aggregate step compares them. Without a sweep SWEEP_MEMBERS is empty and nothing here is a target.
 # Members and their ids come from workflow/lib/smkml/sweep.py; a bad sweep config stops the run here, while parsing.
 from smkml import sweep as sweeps
+from snakemake.exceptions import WorkflowError
 
+HYPERPARAMETERS_SCHEMA = schemas.node(
+    "config", "properties", "train", "properties", "hyperparameters"
+)
 try:
-    SWEEP_MEMBERS = sweeps.members(
-        config,
-        schemas.node("config", "properties", "train", "properties", "hyperparameters"),
-    )
+    SWEEP_MEMBERS = sweeps.members(config, HYPERPARAMETERS_SCHEMA)
+    # An adaptive search (sweep.search): its members come round by round from the checkpoint search_round.
+    SEARCH = sweeps.search(config, HYPERPARAMETERS_SCHEMA)
 except sweeps.SweepError as error:
-    from snakemake.exceptions import WorkflowError
-
     raise WorkflowError(str(error)) from None
 
 SWEEP = config["sweep"]
+SWEEP_ON = bool(SWEEP_MEMBERS or SEARCH)
 SWEEP_DIR = "results/sweep"
+# One folder per study (sweep.search's sampler and a hash of what shapes its trials, but not `trials`: raising it
+# continues the study): its rounds' files and its journal.
+SEARCH_DIR = f"{SWEEP_DIR}/search/{SEARCH['study'] if SEARCH else 'none'}"
+# What a round's trials depend on; not `trials`, so raising it adds rounds without redoing the earlier ones.
+SEARCH_SHAPE = json.dumps(
+    {
+        key: value
+        for key, value in (SEARCH or {}).items()
+        if key not in ("trials", "rounds")
+    },
+    sort_keys=True,
+)
 # The sweep's parent run is the pipeline's run (start_tracking; the prepare step logs the data there too): one
 # child run per member is nested under it.
 SWEEP_RUN_FILE = RUN_FILE
@@ -24,20 +38,30 @@ SWEEP_TARGETS = [
     f"{SWEEP_DIR}/plots/metric_vs_params.png",
     f"{SWEEP_DIR}/best.json",
     f"{SWEEP_DIR}/mlflow/registered_model.json",
-]
+] + ([f"{SEARCH_DIR}/study.json"] if SEARCH else [])
+
+
+# Which members a sweep has, and their parameters (a search's from its rounds' files): functions, kept out of this
+# file of rules (snakemake --lint).
+include: "sweep_members.smk"
 
 
 wildcard_constraints:
     member=sweeps.MEMBER_ID,
+    round=r"\d+",
 
 
 localrules:
     sweep_params,
+    search_round,
+    search_study,
     start_member,
     register_best_member,
 
 
 rule sweep_params:
+    input:
+        member_round_file,
     output:
         f"{SWEEP_DIR}/{{member}}/params.json",
     log:
@@ -46,7 +70,7 @@ rule sweep_params:
         "../envs/pipeline.yaml"
     params:
         values=lambda wildcards: json.dumps(
-            SWEEP_MEMBERS[wildcards.member], sort_keys=True
+            member_params(wildcards.member), sort_keys=True
         ),
     message:
         "Writing the parameters of sweep member {wildcards.member}"
@@ -117,7 +141,7 @@ rule train_member:
                 "--run-file",
                 input.run,
                 "--params",
-                json.dumps(SWEEP_MEMBERS[wildcards.member], sort_keys=True),
+                json.dumps(member_params(wildcards.member), sort_keys=True),
                 "--checkpoint-dir",
                 f"results/checkpoints/sweep/{wildcards.member}",
                 "--checkpoint-every",
@@ -163,11 +187,9 @@ rule evaluate_member:
 
 rule aggregate_sweep:
     input:
-        metrics=expand(f"{SWEEP_DIR}/{{member}}/metrics.json", member=SWEEP_MEMBERS),
-        params=expand(f"{SWEEP_DIR}/{{member}}/params.json", member=SWEEP_MEMBERS),
-        history=expand(
-            f"{SWEEP_DIR}/{{member}}/model/history.json", member=SWEEP_MEMBERS
-        ),
+        metrics=member_files("metrics.json"),
+        params=member_files("params.json"),
+        history=member_files("model/history.json"),
         parent=SWEEP_RUN_FILE,
     output:
         csv=report(
@@ -195,13 +217,15 @@ rule aggregate_sweep:
         mlflow_db=1,
     params:
         package=PACKAGE,
-        members=[f"{SWEEP_DIR}/{member}" for member in SWEEP_MEMBERS],
+        members=lambda wildcards, input: [
+            str(Path(path).parent) for path in input.params
+        ],
         metric=SWEEP["metric"],
         direction=SWEEP["direction"],
         seed_key=SWEEP["seed_key"],
         sweep=json.dumps(SWEEP, sort_keys=True),
     message:
-        f"Aggregating {len(SWEEP_MEMBERS)} sweep members by {SWEEP['metric']} ({SWEEP['direction']})"
+        f"Aggregating the sweep members by {SWEEP['metric']} ({SWEEP['direction']})"
     shell:
         "python -m {params.package:q}.sweep --members {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
@@ -230,3 +254,64 @@ rule register_best_member:
     shell:
         "python -m {params.package:q}.tracking register --best {input.best:q} --name {params.name:q} "
         "--out {output:q} > {log:q} 2>&1"
+
+
+# Adaptive search (sweep.search): round R asks the study for its trials once every earlier trial has been evaluated
+# and told; Snakemake re-reads the round's file to train and evaluate them as members. The study is the journal
+# file next to the rounds, so a rerun after an interruption goes on where it stopped (trials asked are never asked
+# again).
+
+
+checkpoint search_round:
+    input:
+        rounds=lambda wildcards: [
+            checkpoints.search_round.get(round=str(earlier)).output[0]
+            for earlier in range(int(wildcards.round))
+        ],
+        metrics=lambda wildcards: expand(
+            f"{SWEEP_DIR}/{{member}}/metrics.json",
+            member=search_members_before(int(wildcards.round)),
+        ),
+    output:
+        f"{SEARCH_DIR}/round-{{round}}.json",
+    log:
+        f"logs/sweep/search/{Path(SEARCH_DIR).name}/round-{{round}}.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        package=PACKAGE,
+        journal=f"{SEARCH_DIR}/study.journal",
+        search=SEARCH_SHAPE,
+        size=lambda wildcards: sweeps.round_size(SEARCH, int(wildcards.round)),
+        told=lambda wildcards: told(search_members_before(int(wildcards.round))),
+    message:
+        "Asking the study {params.journal} for round {wildcards.round} of the search ({params.size} trials)"
+    shell:
+        "python -m {params.package:q}.search ask --journal {params.journal:q} --search {params.search:q} "
+        "--rounds {input.rounds:q} --told {params.told:q} --round {wildcards.round:q} --size {params.size:q} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
+rule search_study:
+    input:
+        rounds=lambda wildcards: [
+            checkpoints.search_round.get(round=str(earlier)).output[0]
+            for earlier in range(SEARCH["rounds"])
+        ],
+        metrics=member_files("metrics.json"),
+    output:
+        f"{SEARCH_DIR}/study.json",
+    log:
+        f"logs/sweep/search/{Path(SEARCH_DIR).name}/study.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        package=PACKAGE,
+        journal=f"{SEARCH_DIR}/study.journal",
+        search=json.dumps(SEARCH, sort_keys=True),
+        told=lambda wildcards: told(sweep_members()),
+    message:
+        "Telling the study {params.journal} the last round and writing its trials"
+    shell:
+        "python -m {params.package:q}.search summary --journal {params.journal:q} --search {params.search:q} "
+        "--rounds {input.rounds:q} --told {params.told:q} --out {output:q} > {log:q} 2>&1"

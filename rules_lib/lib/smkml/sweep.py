@@ -6,6 +6,8 @@ parameters, e.g. `learning_rate=0.01_seed=43_1f2e3d4c`. The same config always g
 order. Every problem is found before anything runs and named by its config key (SweepError).
 
     members(config) -> {member id: full hyper-parameters}     (empty: no sweep, the single run)
+    search(config) -> sweep.search checked, with its defaults   (None: no adaptive search)
+    trial_members(round file, config) -> {member id: full hyper-parameters} of one round of the search
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 import random
 import re
 from collections.abc import Mapping
+
+from . import schemas
 
 # The member ids' characters (the wildcard's constraint in sweep.smk).
 MEMBER_ID = r"[A-Za-z0-9.=_-]+"
@@ -31,7 +35,9 @@ class SweepError(ValueError):
 def configured(sweep: Mapping | None) -> bool:
     """Whether `sweep:` asks for more than today's single run."""
     sweep = sweep or {}
-    return bool(sweep.get("grid") or sweep.get("list") or sweep.get("random") or sweep.get("seeds"))
+    return bool(
+        sweep.get("grid") or sweep.get("list") or sweep.get("random") or sweep.get("seeds") or sweep.get("search")
+    )
 
 
 def _check_keys(where: str, values: Mapping, allowed: Mapping) -> None:
@@ -75,23 +81,33 @@ def _round(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def _sample(rng: random.Random, key: str, spec, where: str):
+def check_spec(key: str, spec, where: str) -> None:
+    """One parameter of a space (sweep.random.space, sweep.search.space): {choices: [...]} or {low, high[, log]}."""
     if not isinstance(spec, Mapping):
         raise SweepError(f"config {where}.{key}: give {{choices: [...]}} or {{low, high[, log]}}, not {spec!r}")
     if "choices" in spec:
         if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
             raise SweepError(f"config {where}.{key}: `choices` must be a non-empty list and stand alone")
-        return spec["choices"][rng.randrange(len(spec["choices"]))]
+        return
     unknown = sorted(set(spec) - {"low", "high", "log"})
     if unknown or not {"low", "high"} <= set(spec):
         raise SweepError(f"config {where}.{key}: a range is {{low, high[, log]}} (got keys {sorted(spec)})")
-    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    low, high = spec["low"], spec["high"]
     if isinstance(low, bool) or isinstance(high, bool) or not all(isinstance(v, (int, float)) for v in (low, high)):
         raise SweepError(f"config {where}.{key}: low and high must be numbers")
     if not low < high:
         raise SweepError(f"config {where}.{key}: low ({low}) must be below high ({high})")
-    if log and low <= 0:
+    if not isinstance(spec.get("log", False), bool):
+        raise SweepError(f"config {where}.{key}: log must be true or false, not {spec['log']!r}")
+    if spec.get("log", False) and low <= 0:
         raise SweepError(f"config {where}.{key}: a log range needs low > 0 (got {low})")
+
+
+def _sample(rng: random.Random, key: str, spec, where: str):
+    check_spec(key, spec, where)
+    if "choices" in spec:
+        return spec["choices"][rng.randrange(len(spec["choices"]))]
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
     integer = isinstance(low, int) and isinstance(high, int)
     if log:
         value = math.exp(rng.uniform(math.log(low), math.log(high)))
@@ -142,9 +158,12 @@ def check_params(params: Mapping, schema: Mapping | None, member: str) -> None:
 
 def members(config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
     """{member id: full hyper-parameters} of config `sweep:` (grid, then list, then random; each with its seed
-    replicas); empty when no sweep is configured. `schema`: train.hyperparameters' schema, to check each member."""
+    replicas); empty when no sweep is configured, or for an adaptive search (checked, see search()). `schema`: train.hyperparameters' schema, to check each member."""
     sweep = config.get("sweep") or {}
     if not configured(sweep):
+        return {}
+    if sweep.get("search"):  # an adaptive search: its members come round by round (trial_members); checked here
+        search(config, schema)
         return {}
     base = dict(config["train"]["hyperparameters"])
     sets = grid_sets(sweep.get("grid") or {}, base) + list_sets(sweep.get("list") or [], base)
@@ -181,3 +200,90 @@ def swept_keys(members_: Mapping[str, Mapping], seed_key: str = "seed") -> list[
     first = next(iter(members_.values()), {})
     keys = [key for key in first if len({json.dumps(p[key]) for p in members_.values()}) > 1]
     return sorted(keys, key=lambda key: key == seed_key)
+
+
+# Adaptive search (sweep.search): an Optuna study asked and told in rounds (workflow/rules/sweep.smk, the checkpoint
+# search_round; the study itself is run by `python -m <package>.search`). Its members are known only round by round.
+TRIAL_PREFIX = "trial="
+COMBINED = ("grid", "list", "random", "seeds")
+
+
+def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
+    """config sweep.search checked, with its defaults and what follows from it (None: no adaptive search):
+    sampler, trials, batch, startup, seed, space, metric, direction (of sweep:), rounds, and study: the name of the
+    study and its folder (the sampler and a hash of everything that shapes its trials but `trials`, so raising
+    `trials` continues the same study). `schema`: train.hyperparameters' schema, to check the space's ends."""
+    sweep = config.get("sweep") or {}
+    spec = sweep.get("search")
+    if not spec:
+        return None
+    if not isinstance(spec, Mapping):
+        raise SweepError(f"config sweep.search: give a mapping {{sampler, trials, batch, space, ...}}, not {spec!r}")
+    where = "sweep.search"
+    allowed_keys = schemas.node("config", "properties", "sweep", "properties", "search", "properties")
+    unknown = sorted(set(spec) - set(allowed_keys))
+    if unknown:
+        raise SweepError(f"config {where}.{unknown[0]}: unknown key (allowed: {sorted(allowed_keys)}; the metric and "
+                         "direction are sweep.metric and sweep.direction)")
+    combined = [key for key in COMBINED if sweep.get(key)]
+    if combined:
+        raise SweepError(f"config sweep.{combined[0]}: an adaptive search (sweep.search) chooses every member "
+                         "itself; it cannot be combined with grid, list, random or seeds: choose one")
+    samplers = schemas.allowed("config", "properties", "sweep", "properties", "search", "properties", "sampler")
+    sampler = spec.get("sampler", allowed_keys["sampler"]["default"])
+    if sampler not in samplers:
+        raise SweepError(f"config {where}.sampler: {sampler!r} is not a sampler (allowed: {list(samplers)})")
+    numbers = {}
+    for key, minimum in (("trials", 1), ("batch", 1), ("startup", 0), ("seed", None)):
+        value = spec.get(key, allowed_keys[key].get("default"))
+        if key == "startup" and value is None:
+            value = spec.get("batch")  # the first round is sampled at random, then the sampler takes over
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            floor = f" >= {minimum}" if minimum is not None else ""
+            raise SweepError(f"config {where}.{key}: give an integer{floor}, not {value!r}")
+        numbers[key] = value
+    if numbers["trials"] < numbers["batch"]:
+        raise SweepError(f"config {where}.trials: {numbers['trials']} trials are fewer than one round of "
+                         f"{where}.batch = {numbers['batch']}: lower batch or raise trials")
+    space = spec.get("space") or {}
+    base = dict(config["train"]["hyperparameters"])
+    _check_keys(f"{where}.space", space, base)
+    for key, value in space.items():
+        check_spec(key, value, f"{where}.space")
+        ends = value["choices"] if "choices" in value else [value["low"], value["high"]]
+        for end in ends:  # every member the study can propose is a valid set of hyper-parameters
+            check_params({**base, key: end}, schema, f"of {where}.space.{key} = {end!r}")
+    shape = {"sampler": sampler, "batch": numbers["batch"], "startup": numbers["startup"], "seed": numbers["seed"],
+             "space": space, "metric": sweep.get("metric", "accuracy"), "direction": sweep.get("direction", "maximize"),
+             "base": base}
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:HASH_LENGTH]
+    return {**{k: v for k, v in shape.items() if k != "base"}, "trials": numbers["trials"],
+            "rounds": math.ceil(numbers["trials"] / numbers["batch"]), "study": f"{sampler}-{digest}"}
+
+
+def round_size(search_: Mapping, round_: int) -> int:
+    """Trials in round `round_` (the last one may be smaller)."""
+    return min(search_["batch"], search_["trials"] - round_ * search_["batch"])
+
+
+def trial_member(number: int, sampled: Mapping, base: Mapping) -> tuple[str, dict]:
+    """A trial's member id (`trial=<number>_` and the sampled values, then the hash) and full hyper-parameters."""
+    params = {**base, **sampled}
+    return member_id({"trial": number, **sampled}, params), params
+
+
+def trial_members(round_file: Mapping, config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
+    """{member id: full hyper-parameters} of one round written by `python -m <package>.search ask`."""
+    base = dict(config["train"]["hyperparameters"])
+    found = {}
+    for trial in round_file["trials"]:
+        member, params = trial_member(trial["number"], trial["params"], base)
+        check_params(params, schema, member)
+        found[member] = params
+    return found
+
+
+def trial_number(member: str) -> int | None:
+    """The trial number in a search member's id, None for other members."""
+    found = re.match(rf"{re.escape(TRIAL_PREFIX)}(\d+)_", member)
+    return int(found.group(1)) if found else None

@@ -1,0 +1,64 @@
+# A sweep's members and their parameters, for the rules of sweep.smk (which includes this file): the configured
+# members (SWEEP_MEMBERS), or an adaptive search's trials, known round by round from the checkpoint search_round.
+
+
+def search_round_members(round_):
+    """{member id: hyper-parameters} of one round of the search (after its checkpoint job has run)."""
+    path = checkpoints.search_round.get(round=str(round_)).output[0]
+    return sweeps.trial_members(
+        json.loads(Path(path).read_text()), config, HYPERPARAMETERS_SCHEMA
+    )
+
+
+def search_members_before(round_):
+    found = {}
+    for earlier in range(round_):
+        found.update(search_round_members(earlier))
+    return found
+
+
+def sweep_members():
+    """Every member: the configured ones, or every round's trials of the search."""
+    return search_members_before(SEARCH["rounds"]) if SEARCH else SWEEP_MEMBERS
+
+
+def member_params(member):
+    """A member's full hyper-parameters (a search trial's from its round's file)."""
+    if member in SWEEP_MEMBERS:
+        return SWEEP_MEMBERS[member]
+    number = sweeps.trial_number(member) if SEARCH else None
+    found = {} if number is None else search_round_members(number // SEARCH["batch"])
+    if member not in found:
+        raise WorkflowError(f"{member} is not a member of this sweep (config sweep:)")
+    return found[member]
+
+
+def member_round_file(wildcards):
+    """A search trial's params.json is written after its round's checkpoint."""
+    number = sweeps.trial_number(wildcards.member) if SEARCH else None
+    if number is None or wildcards.member in SWEEP_MEMBERS:
+        return []
+    # ancient: a round's file rewritten with the same trials (a rerun) retrains nothing; changed trials would
+    # have other member ids anyway (the id holds a hash of the parameters).
+    path = checkpoints.search_round.get(round=str(number // SEARCH["batch"])).output[0]
+    return ancient(path)
+
+
+def member_files(name):
+    return lambda wildcards: expand(
+        f"{SWEEP_DIR}/{{member}}/{name}", member=sweep_members()
+    )
+
+
+def told(members):
+    """--told of `python -m <package>.search`: trial number, member id and its metrics.json of each finished trial,
+    as separate arguments (no single argument grows with the search)."""
+    return [
+        str(part)
+        for member in members
+        for part in (
+            sweeps.trial_number(member),
+            member,
+            f"{SWEEP_DIR}/{member}/metrics.json",
+        )
+    ]
