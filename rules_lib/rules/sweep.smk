@@ -1,6 +1,9 @@
 # Sweeps (config `sweep:`, docs/sweeps.md): every member trains and is evaluated as a wildcard instance of the rules
 # below, then one aggregate step compares them. Without a sweep SWEEP_MEMBERS is empty and nothing here is a target.
 # Members and their ids come from workflow/lib/smkml/sweep.py; a bad sweep config stops the run here, while parsing.
+import shlex
+import subprocess
+
 from smkml import sweep as sweeps
 
 try:
@@ -27,8 +30,111 @@ SWEEP_TARGETS = [
 ]
 
 
+# Packing (docs/sweeps.md "Packing"): the cluster description's `pack.members_per_job` (profiles/<name>/cluster.yaml)
+# says how many members one job trains, one after another; 1 (this machine, the default) keeps the per-member rules
+# below. Members that need whole nodes are never packed. SWEEP_PACKS: {pack id: member ids}, empty without packing.
+SWEEP_PACK_SIZE = sweeps.pack_size(
+    CLUSTER["pack"]["members_per_job"],
+    int(TRAIN.needs["runtime"]),
+    (
+        CLUSTER["partitions"][TRAIN.partition].get("max_runtime")
+        if TRAIN.partition
+        else None
+    ),
+    TRAIN.whole_node,
+)
+SWEEP_PACKS = sweeps.packs(SWEEP_MEMBERS, SWEEP_PACK_SIZE)
+# What a finished member has (a pack skips it): train_member's and evaluate_member's outputs.
+MEMBER_OUTPUTS = [
+    "model/model.pt",
+    "model/history.json",
+    "metrics.json",
+    "predictions.csv",
+    "metrics.html",
+    "confusion_matrix.png",
+]
+
+
+# How every member's ranks start: the single run's launch (a dict: `container` opens a directive at a line's start).
+MEMBER_LAUNCH = {
+    "launcher": CLUSTER["launcher"],
+    "backend": config["train"]["backend"],
+    "processes": TRAIN.ranks,
+    "package": PACKAGE,
+    "layout": TRAIN.layout,
+    "mpi": CLUSTER["mpi"],
+    "cache_dir": CLUSTER["cache_dir"],
+    "container": TRAIN_CONTAINER,
+}
+
+
+def member_training(member, train, run, model_dir):
+    """The training command of one member: the single run's launch (launcher, container, ranks) with the
+    member's parameters, output folder and checkpoints."""
+    return training_command(
+        **MEMBER_LAUNCH,
+        args=[
+            "--train",
+            train,
+            "--out-dir",
+            model_dir,
+            "--run-file",
+            run,
+            "--params",
+            json.dumps(SWEEP_MEMBERS[member], sort_keys=True),
+            "--checkpoint-dir",
+            f"results/checkpoints/sweep/{member}",
+            "--checkpoint-every",
+            str(config["train"]["checkpoint_every"]),
+        ],
+    )
+
+
+def packed_member(member, input):
+    """One member inside a pack job, as the per-member rules run it (the same commands, logs and outputs):
+    its parameters, its MLflow child run (kept from an earlier try), training, evaluation; a failure marks its
+    run FAILED. Braces doubled: Snakemake's shell() formats the text it is given."""
+    folder = f"{SWEEP_DIR}/{member}"
+    q = shlex.quote
+    paths = {
+        name: q(path)
+        for name, path in dict(
+            folder=folder,
+            logs=f"logs/sweep/{member}",
+            params=f"{folder}/params.json",
+            run=f"{folder}/run.json",
+            parent=input.parent,
+            train_log=f"logs/sweep/{member}/train.log",
+            eval_log=f"logs/sweep/{member}/evaluate.log",
+            start_log=f"logs/sweep/{member}/start_member.log",
+        ).items()
+    }
+    package = q(PACKAGE)
+    values = q(json.dumps(SWEEP_MEMBERS[member], sort_keys=True))
+    train = member_training(member, input.train, f"{folder}/run.json", f"{folder}/model")
+    evaluate = (
+        f"python -m {package}.evaluate --model {q(folder + '/model/model.pt')} --test {q(input.test)} "
+        f"--metrics {q(folder + '/metrics.json')} --table {q(folder + '/metrics.html')} "
+        f"--confusion-plot {q(folder + '/confusion_matrix.png')} "
+        f"--predictions {q(folder + '/predictions.csv')} --run-file {paths['run']}"
+    )
+    script = (
+        f"mkdir -p {paths['folder']} {paths['logs']}\n"
+        f"printf '%s\\n' {values} > {paths['params']}\n"
+        f"[ -s {paths['run']} ] || python -m {package}.tracking start-child --out {paths['run']} "
+        f"--parent-run-file {paths['parent']} --name {q(member)} --params {paths['params']} "
+        f"> {paths['start_log']} 2>&1\n"
+        f"({container_probe(TRAIN_CONTAINER)}; {train}) > {paths['train_log']} 2>&1 "
+        f"|| (python -m {package}.tracking fail --run-file {paths['run']} >> {paths['train_log']} 2>&1; exit 1)\n"
+        f"({evaluate}) > {paths['eval_log']} 2>&1 || (python -m {package}.tracking fail --run-file "
+        f"{paths['run']} >> {paths['eval_log']} 2>&1; exit 1)\n"
+    )
+    return script.replace("{", "{{").replace("}", "}}")
+
+
 wildcard_constraints:
     member=sweeps.MEMBER_ID,
+    pack=r"pack[0-9]+",
 
 
 localrules:
@@ -100,29 +206,8 @@ rule train_member:
         package=PACKAGE,
         probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
         # The member id holds a hash of its parameters: how and where the ranks start is provenance (see train.smk).
-        command=lambda wildcards, input, output: training_command(
-            launcher=CLUSTER["launcher"],
-            backend=config["train"]["backend"],
-            processes=TRAIN.ranks,
-            package=PACKAGE,
-            layout=TRAIN.layout,
-            mpi=CLUSTER["mpi"],
-            cache_dir=CLUSTER["cache_dir"],
-            container=TRAIN_CONTAINER,
-            args=[
-                "--train",
-                input.train,
-                "--out-dir",
-                str(Path(output.model).parent),
-                "--run-file",
-                input.run,
-                "--params",
-                json.dumps(SWEEP_MEMBERS[wildcards.member], sort_keys=True),
-                "--checkpoint-dir",
-                f"results/checkpoints/sweep/{wildcards.member}",
-                "--checkpoint-every",
-                str(config["train"]["checkpoint_every"]),
-            ],
+        command=lambda wildcards, input, output: member_training(
+            wildcards.member, input.train, input.run, str(Path(output.model).parent)
         ),
     message:
         "Training sweep member {wildcards.member}"
@@ -161,12 +246,61 @@ rule evaluate_member:
         "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
 
 
+# A pack: one job trains and evaluates its members one after another, skipping those that finished before; a
+# member that fails does not stop the others, but fails the pack's job (its marker is not kept), so a rerun runs
+# the pack again and trains only its members that did not finish. Without packing nothing asks for a pack.
+
+
+rule train_pack:
+    input:
+        train=f"{PROCESSED_DIR}/train.npz",
+        test=f"{PROCESSED_DIR}/test.npz",
+        parent=SWEEP_RUN_FILE,
+    output:
+        f"{sweeps.PACK_DIR}/{{pack}}.json",
+    log:
+        "logs/sweep/packs/{pack}.log",
+    threads: TRAIN.threads
+    resources:
+        **TRAIN.packed(SWEEP_PACK_SIZE),
+        mlflow_db=1,
+    params:
+        members=lambda wildcards: SWEEP_PACKS[wildcards.pack],
+    message:
+        "Training and evaluating the sweep members of {wildcards.pack}, one after another"
+    run:
+        trained, failed = [], []
+        for member in params.members:
+            if not sweeps.member_finished(f"{SWEEP_DIR}/{member}", MEMBER_OUTPUTS):
+                trained.append(member)
+                try:
+                    shell(packed_member(member, input))
+                except subprocess.CalledProcessError:
+                    failed.append(member)
+        sweeps.write_pack(output[0], wildcards.pack, params.members, trained, failed)
+        shell("cp {output:q} {log:q}")
+        if failed:
+            raise RuntimeError(f"{len(failed)} member(s) failed: {failed} (logs/sweep/<member>/)")
+
+
 rule aggregate_sweep:
     input:
-        metrics=expand(f"{SWEEP_DIR}/{{member}}/metrics.json", member=SWEEP_MEMBERS),
-        params=expand(f"{SWEEP_DIR}/{{member}}/params.json", member=SWEEP_MEMBERS),
-        history=expand(
-            f"{SWEEP_DIR}/{{member}}/model/history.json", member=SWEEP_MEMBERS
+        done=(
+            expand(f"{sweeps.PACK_DIR}/{{pack}}.json", pack=SWEEP_PACKS)
+            if SWEEP_PACKS
+            else expand(f"{SWEEP_DIR}/{{member}}/metrics.json", member=SWEEP_MEMBERS)
+        ),
+        params=(
+            []
+            if SWEEP_PACKS
+            else expand(f"{SWEEP_DIR}/{{member}}/params.json", member=SWEEP_MEMBERS)
+        ),
+        history=(
+            []
+            if SWEEP_PACKS
+            else expand(
+                f"{SWEEP_DIR}/{{member}}/model/history.json", member=SWEEP_MEMBERS
+            )
         ),
         parent=SWEEP_RUN_FILE,
     output:
@@ -195,7 +329,12 @@ rule aggregate_sweep:
         mlflow_db=1,
     params:
         package=PACKAGE,
-        members=[f"{SWEEP_DIR}/{member}" for member in SWEEP_MEMBERS],
+        # The members' folders, or with packing the packs' markers that list them (a short command line).
+        members=(
+            ["--packs", *(f"{sweeps.PACK_DIR}/{pack}.json" for pack in SWEEP_PACKS)]
+            if SWEEP_PACKS
+            else ["--members", *(f"{SWEEP_DIR}/{member}" for member in SWEEP_MEMBERS)]
+        ),
         metric=SWEEP["metric"],
         direction=SWEEP["direction"],
         seed_key=SWEEP["seed_key"],
@@ -203,7 +342,7 @@ rule aggregate_sweep:
     message:
         f"Aggregating {len(SWEEP_MEMBERS)} sweep members by {SWEEP['metric']} ({SWEEP['direction']})"
     shell:
-        "python -m {params.package:q}.sweep --members {params.members:q} --metric {params.metric:q} "
+        "python -m {params.package:q}.sweep {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
         "--html {output.html:q} --plot {output.plot:q} --best {output.best:q} "
         "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1"

@@ -181,3 +181,49 @@ def swept_keys(members_: Mapping[str, Mapping], seed_key: str = "seed") -> list[
     first = next(iter(members_.values()), {})
     keys = [key for key in first if len({json.dumps(p[key]) for p in members_.values()}) > 1]
     return sorted(keys, key=lambda key: key == seed_key)
+
+
+# Packing (config of the cluster: `pack:` in profiles/<name>/cluster.yaml; docs/sweeps.md "Packing"): on a cluster,
+# members that are small are trained in packs, one scheduler job per pack instead of four Snakemake jobs per
+# member. The pack is Snakemake's unit (one job, one marker file); the member stays the unit of resuming: a pack
+# skips its members that finished before, so a rerun trains only the members that did not finish.
+PACK_DIR = "results/sweep/packs"
+
+
+def pack_size(members_per_job: int, runtime: int, max_runtime: int | None, whole_node: bool) -> int:
+    """Members per pack job: `members_per_job` (the cluster's `pack.members_per_job`), as many as fit in the
+    partition's time limit one after another (`runtime` minutes each), and 1 for members that need whole nodes
+    (each is still its own job). 1 means no packing: the per-member rules."""
+    if whole_node or members_per_job <= 1:
+        return 1
+    if max_runtime:
+        return max(1, min(members_per_job, max_runtime // max(1, runtime)))
+    return members_per_job
+
+
+def packs(members_: Mapping[str, Mapping], size: int) -> dict[str, list[str]]:
+    """{pack id: its member ids}: the members in their order, `size` at a time (empty when size <= 1). The pack
+    of a member changes when members are added before it; its list is a parameter of the pack's job, so Snakemake
+    runs a pack again when its list changed, and the pack skips the members that finished."""
+    if size <= 1:
+        return {}
+    ids = list(members_)
+    return {f"pack{index // size:04d}": ids[index : index + size] for index in range(0, len(ids), size)}
+
+
+def member_finished(folder: str, outputs: list[str]) -> bool:
+    """Whether a member's training and evaluation outputs are all there (a pack then skips it)."""
+    from pathlib import Path
+
+    return all((Path(folder) / name).is_file() and (Path(folder) / name).stat().st_size > 0 for name in outputs)
+
+
+def write_pack(path: str, pack: str, members_: list[str], trained: list[str], failed: list[str]) -> None:
+    """The pack's marker: its members, which of them this job trained, and which failed (then the job fails and
+    the marker is not kept: Snakemake runs the pack again next time)."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    record = {"pack": pack, "members": members_, "trained": trained, "skipped": len(members_) - len(trained),
+              "failed": failed}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
