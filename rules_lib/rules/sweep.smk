@@ -111,7 +111,9 @@ def packed_member(member, input):
     }
     package = q(PACKAGE)
     values = q(json.dumps(SWEEP_MEMBERS[member], sort_keys=True))
-    train = member_training(member, input.train, f"{folder}/run.json", f"{folder}/model")
+    train = member_training(
+        member, input.train, f"{folder}/run.json", f"{folder}/model"
+    )
     evaluate = (
         f"python -m {package}.evaluate --model {q(folder + '/model/model.pt')} --test {q(input.test)} "
         f"--metrics {q(folder + '/metrics.json')} --table {q(folder + '/metrics.html')} "
@@ -277,10 +279,14 @@ rule train_pack:
                     shell(packed_member(member, input))
                 except subprocess.CalledProcessError:
                     failed.append(member)
-        sweeps.write_pack(output[0], wildcards.pack, params.members, trained, failed)
+        sweeps.write_pack(
+            output[0], wildcards.pack, params.members, trained, failed
+        )
         shell("cp {output:q} {log:q}")
         if failed:
-            raise RuntimeError(f"{len(failed)} member(s) failed: {failed} (logs/sweep/<member>/)")
+            raise RuntimeError(
+                f"{len(failed)} member(s) failed: {failed} (logs/sweep/<member>/)"
+            )
 
 
 rule aggregate_sweep:
