@@ -1,8 +1,6 @@
 # Sweeps (config `sweep:`, docs/sweeps.md): every member trains and is evaluated as a wildcard instance of the rules
 # below, then one aggregate step compares them. Without a sweep SWEEP_MEMBERS is empty and nothing here is a target.
 # Members and their ids come from workflow/lib/smkml/sweep.py; a bad sweep config stops the run here, while parsing.
-import shlex
-import subprocess
 
 from smkml import sweep as sweeps
 
@@ -68,70 +66,26 @@ MEMBER_LAUNCH = {
 }
 
 
-def member_training(member, train, run, model_dir):
-    """The training command of one member: the single run's launch (launcher, container, ranks) with the
-    member's parameters, output folder and checkpoints."""
-    return training_command(
+# One member's script inside a pack (workflow/lib/smkml/sweep.py member_script): the per-member rules' commands.
+packed_member = lambda member, input: sweeps.member_script(
+    member,
+    f"{SWEEP_DIR}/{member}",
+    SWEEP_MEMBERS[member],
+    PACKAGE,
+    input.parent,
+    input.test,
+    training_command(
         **MEMBER_LAUNCH,
-        args=[
-            "--train",
-            train,
-            "--out-dir",
-            model_dir,
-            "--run-file",
-            run,
-            "--params",
-            json.dumps(SWEEP_MEMBERS[member], sort_keys=True),
-            "--checkpoint-dir",
-            f"results/checkpoints/sweep/{member}",
-            "--checkpoint-every",
-            str(config["train"]["checkpoint_every"]),
-        ],
-    )
-
-
-def packed_member(member, input):
-    """One member inside a pack job, as the per-member rules run it (the same commands, logs and outputs):
-    its parameters, its MLflow child run (kept from an earlier try), training, evaluation; a failure marks its
-    run FAILED. Braces doubled: Snakemake's shell() formats the text it is given."""
-    folder = f"{SWEEP_DIR}/{member}"
-    q = shlex.quote
-    paths = {
-        name: q(path)
-        for name, path in dict(
-            folder=folder,
-            logs=f"logs/sweep/{member}",
-            params=f"{folder}/params.json",
-            run=f"{folder}/run.json",
-            parent=input.parent,
-            train_log=f"logs/sweep/{member}/train.log",
-            eval_log=f"logs/sweep/{member}/evaluate.log",
-            start_log=f"logs/sweep/{member}/start_member.log",
-        ).items()
-    }
-    package = q(PACKAGE)
-    values = q(json.dumps(SWEEP_MEMBERS[member], sort_keys=True))
-    train = member_training(
-        member, input.train, f"{folder}/run.json", f"{folder}/model"
-    )
-    evaluate = (
-        f"python -m {package}.evaluate --model {q(folder + '/model/model.pt')} --test {q(input.test)} "
-        f"--metrics {q(folder + '/metrics.json')} --table {q(folder + '/metrics.html')} "
-        f"--confusion-plot {q(folder + '/confusion_matrix.png')} "
-        f"--predictions {q(folder + '/predictions.csv')} --run-file {paths['run']}"
-    )
-    script = (
-        f"mkdir -p {paths['folder']} {paths['logs']}\n"
-        f"printf '%s\\n' {values} > {paths['params']}\n"
-        f"[ -s {paths['run']} ] || python -m {package}.tracking start-child --out {paths['run']} "
-        f"--parent-run-file {paths['parent']} --name {q(member)} --params {paths['params']} "
-        f"> {paths['start_log']} 2>&1\n"
-        f"({container_probe(TRAIN_CONTAINER)}; {train}) > {paths['train_log']} 2>&1 "
-        f"|| (python -m {package}.tracking fail --run-file {paths['run']} >> {paths['train_log']} 2>&1; exit 1)\n"
-        f"({evaluate}) > {paths['eval_log']} 2>&1 || (python -m {package}.tracking fail --run-file "
-        f"{paths['run']} >> {paths['eval_log']} 2>&1; exit 1)\n"
-    )
-    return script.replace("{", "{{").replace("}", "}}")
+        args=sweeps.training_args(
+            member,
+            SWEEP_MEMBERS[member],
+            input.train,
+            f"{SWEEP_DIR}/{member}",
+            config["train"]["checkpoint_every"],
+        ),
+    ),
+    container_probe(TRAIN_CONTAINER),
+)
 
 
 wildcard_constraints:
@@ -208,8 +162,15 @@ rule train_member:
         package=PACKAGE,
         probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
         # The member id holds a hash of its parameters: how and where the ranks start is provenance (see train.smk).
-        command=lambda wildcards, input, output: member_training(
-            wildcards.member, input.train, input.run, str(Path(output.model).parent)
+        command=lambda wildcards, input: training_command(
+            **MEMBER_LAUNCH,
+            args=sweeps.training_args(
+                wildcards.member,
+                SWEEP_MEMBERS[wildcards.member],
+                input.train,
+                f"{SWEEP_DIR}/{wildcards.member}",
+                config["train"]["checkpoint_every"],
+            ),
         ),
     message:
         "Training sweep member {wildcards.member}"
@@ -271,22 +232,15 @@ rule train_pack:
     message:
         "Training and evaluating the sweep members of {wildcards.pack}, one after another"
     run:
-        trained, failed = [], []
-        for member in params.members:
-            if not sweeps.member_finished(f"{SWEEP_DIR}/{member}", MEMBER_OUTPUTS):
-                trained.append(member)
-                try:
-                    shell(packed_member(member, input))
-                except subprocess.CalledProcessError:
-                    failed.append(member)
-        sweeps.write_pack(
-            output[0], wildcards.pack, params.members, trained, failed
+        sweeps.run_pack(
+            output[0],
+            log[0],
+            wildcards.pack,
+            params.members,
+            SWEEP_DIR,
+            MEMBER_OUTPUTS,
+            lambda member: shell(packed_member(member, input), threads=threads),
         )
-        shell("cp {output:q} {log:q}")
-        if failed:
-            raise RuntimeError(
-                f"{len(failed)} member(s) failed: {failed} (logs/sweep/<member>/)"
-            )
 
 
 rule aggregate_sweep:

@@ -251,3 +251,65 @@ def write_pack(path: str, pack: str, members_: list[str], trained: list[str], fa
     record = {"pack": pack, "members": members_, "trained": trained, "skipped": len(members_) - len(trained),
               "failed": failed}
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def training_args(member: str, params: Mapping, train: str, folder: str, checkpoint_every: int) -> list[str]:
+    """The arguments of a member's training (after the launch): its data, output folder, MLflow run, parameters and
+    checkpoints (results/checkpoints/sweep/<member>)."""
+    return [
+        "--train", train, "--out-dir", f"{folder}/model", "--run-file", f"{folder}/run.json",
+        "--params", json.dumps(params, sort_keys=True),
+        "--checkpoint-dir", f"results/checkpoints/sweep/{member}", "--checkpoint-every", str(checkpoint_every),
+    ]
+
+
+def member_script(member: str, folder: str, params: Mapping, package: str, parent: str, test: str, training: str,
+                  probe: str) -> str:
+    """One member inside a pack job, as the per-member rules run it (the same commands, logs and outputs): its
+    parameters, its MLflow child run (kept from an earlier try), training (`probe; training`: the launch command),
+    evaluation; a failure marks its run FAILED and fails the script. Braces are doubled: Snakemake's shell() formats
+    the text it is given."""
+    import shlex
+
+    q = shlex.quote
+    logs = f"logs/sweep/{member}"
+    run = q(f"{folder}/run.json")
+    fail = f"python -m {q(package)}.tracking fail --run-file {run}"
+    evaluate = (
+        f"python -m {q(package)}.evaluate --model {q(f'{folder}/model/model.pt')} --test {q(test)} "
+        f"--metrics {q(f'{folder}/metrics.json')} --table {q(f'{folder}/metrics.html')} "
+        f"--confusion-plot {q(f'{folder}/confusion_matrix.png')} --predictions {q(f'{folder}/predictions.csv')} "
+        f"--run-file {run}"
+    )
+    script = "\n".join([
+        f"mkdir -p {q(folder)} {q(logs)}",
+        f"printf '%s\\n' {q(json.dumps(params, sort_keys=True))} > {q(f'{folder}/params.json')}",
+        f"[ -s {run} ] || python -m {q(package)}.tracking start-child --out {run} --parent-run-file {q(parent)} "
+        f"--name {q(member)} --params {q(f'{folder}/params.json')} > {q(f'{logs}/start_member.log')} 2>&1",
+        f"({probe}; {training}) > {q(f'{logs}/train.log')} 2>&1 || ({fail} >> {q(f'{logs}/train.log')} 2>&1; exit 1)",
+        f"({evaluate}) > {q(f'{logs}/evaluate.log')} 2>&1 || ({fail} >> {q(f'{logs}/evaluate.log')} 2>&1; exit 1)",
+    ])
+    return script.replace("{", "{{").replace("}", "}}")
+
+
+def run_pack(record: str, log: str, pack: str, members_: list[str], sweep_dir: str, outputs: list[str],
+             run_member) -> None:
+    """A pack job: `run_member(member)` (the member's script through Snakemake's shell()) for each member that has
+    not finished, one after another; a failing member does not stop the others. Writes the pack's record (and a
+    copy as its log), then fails if any member failed, so that Snakemake runs the pack again next time."""
+    import shutil
+    import subprocess
+
+    trained, failed = [], []
+    for member in members_:
+        if member_finished(f"{sweep_dir}/{member}", outputs):
+            continue
+        trained.append(member)
+        try:
+            run_member(member)
+        except subprocess.CalledProcessError:
+            failed.append(member)
+    write_pack(record, pack, members_, trained, failed)
+    shutil.copyfile(record, log)
+    if failed:
+        raise RuntimeError(f"{pack}: {len(failed)} member(s) failed: {failed} (logs in logs/sweep/<member>/)")
