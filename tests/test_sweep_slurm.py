@@ -149,11 +149,13 @@ def test_members_were_packed_into_a_handful_of_slurm_jobs(packed_sweep):
     jobs = project_jobs(cluster, project, since)
     by_id = {row["JobID"]: row for row in jobs}
     packed = [job for ids in pack_jobs(project).values() for job in ids]
-    # prepare_data, the two packs, and the failed pack once more on the rerun: 4 Slurm jobs for 6 members, none
-    # per member (start, train and evaluate of each member ran inside its pack's job).
+    # prepare_data, the two packs, the failed pack once more on the rerun, and the aggregate: 5 Slurm jobs for 6
+    # members, none per member (start, train and evaluate of each member ran inside its pack's job).
     assert len(packed) == MEMBERS // PER_JOB + 1, pack_jobs(project)
-    assert set(packed) <= set(by_id), (packed, jobs)
-    assert len(jobs) == len(packed) + 1, jobs
+    logged = {log.stem: log.relative_to(project / "logs/slurm").parts[0]
+              for log in (project / "logs/slurm").rglob("*.log")}
+    assert set(by_id) == set(logged), (jobs, logged)  # every Slurm job of the project, from sacct
+    assert sorted(logged.values()) == ["rule_aggregate_sweep", "rule_prepare_data", *["rule_train_pack"] * 3], logged
     states = sorted(by_id[job]["State"] for job in packed)
     assert states == ["COMPLETED", "COMPLETED", "FAILED"], jobs
     assert all(by_id[job]["Partition"] == "small-g" for job in packed), jobs
