@@ -9,7 +9,7 @@ DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env system-deps docs bench bench-slurm reliability-table clean
+.PHONY: demo test env system-deps docs bench bench-slurm bench-sweep reliability-table clean
 
 # A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
@@ -56,6 +56,11 @@ bench: env
 # sbatch script (starts the cluster; needs root).
 bench-slurm: env
 	python benchmarks/slurm_pipeline.py
+
+# Sweeps at scale: Snakemake's dry run for 1 000 and 10 000 members under the lumi profile, and the Slurm jobs they
+# become (counted from the dry run; no cluster needed).
+bench-sweep: env
+	python benchmarks/sweep_dag.py
 
 # docs/reliability.md from the tests' reliability markers (tests/reliability.py).
 reliability-table: env

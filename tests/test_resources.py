@@ -120,8 +120,8 @@ def test_cpu_training_on_slurm_launches_its_own_ranks():
 
 def test_local_runs_ignore_gpus_and_start_the_configured_processes():
     config = config_for(None)
-    assert config["cluster"] == {"name": "local", "scheduler": "local", "launcher": "local", "mpi": "auto", "cache_dir": "", "container": {
-        "gpu": "none", "apptainer_binds": []}}
+    assert config["cluster"] == {"name": "local", "scheduler": "local", "launcher": "local", "mpi": "auto", "cache_dir": "", "pack": {
+        "members_per_job": 1}, "container": {"gpu": "none", "apptainer_binds": []}}
     assert resources.ranks(resources.step_needs(config, "one_gpu"), config["cluster"], processes=2) == 2
     step = plan(config, "one_gpu", ranks=2)
     assert (step.partition, step.request, step.layout, step.threads) == (None, {"runtime": 60, "mem_mb": 4000}, {}, 2)
@@ -241,7 +241,7 @@ def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
 
 
 MLFLOW_WRITERS = {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model",
-                  "start_member", "train_member", "evaluate_member", "aggregate_sweep", "register_best_member"}
+                  "start_member", "train_member", "evaluate_member", "train_pack", "aggregate_sweep", "register_best_member"}
 
 
 def test_mlflow_writers_take_the_one_mlflow_db_slot():

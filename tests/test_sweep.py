@@ -135,3 +135,30 @@ def test_trial_members_ids_and_parameters():
     assert re.fullmatch(MEMBER_ID, first) and [trial_number(m) for m in found] == [0, 1]
     assert found[first] == {**config["train"]["hyperparameters"], **round_file["trials"][0]["params"]}
     assert trial_number("learning_rate=0.01_seed=43_e953ca2d") is None
+
+
+def test_members_are_packed_as_the_cluster_says():
+    """lumi packs 50 members per job; fewer when their runtimes would pass the partition's limit; never members
+    that need whole nodes (several nodes, all GPUs of a node); this machine does not pack."""
+    from smkml.resources import Step
+    from smkml.sweep import pack_size, packs
+
+    found = expand(seeds=7)
+    assert list(packs(found, 3)) == ["pack0000", "pack0001", "pack0002"]
+    assert [len(m) for m in packs(found, 3).values()] == [3, 3, 1]
+    assert [m for ms in packs(found, 3).values() for m in ms] == list(found)  # the members' order, each once
+    assert packs(found, 1) == {}
+
+    def plan(train, profile="lumi"):
+        config = project_config(profile, resources={**project_config()["resources"], "train_model": train})
+        return Step.plan(config, "train_model", train.get("gpus", 1) * train.get("nodes", 1), "project_465000001")
+
+    one_gpu = plan({"gpus": 1, "nodes": 1, "runtime": 60})
+    assert not one_gpu.whole_node
+    assert pack_size(50, 60, 4320, one_gpu.whole_node) == 50
+    assert one_gpu.packed(50)["runtime"](None, 1) == 3000 and one_gpu.packed(50)["runtime"](None, 2) == 4320
+    assert pack_size(50, 120, 4320, False) == 36  # 36 x 120 min fit in small-g's 4 320 min
+    assert plan({"gpus": 8, "nodes": 1, "runtime": 60}).whole_node
+    assert plan({"gpus": 2, "nodes": 2, "runtime": 60}).whole_node
+    assert pack_size(50, 60, 4320, True) == 1
+    assert project_config()["cluster"]["pack"]["members_per_job"] == 1  # this machine: the per-member rules

@@ -1,6 +1,7 @@
 # Sweeps (config `sweep:`, docs/sweeps.md): every member trains and is evaluated as a wildcard instance of the rules
 # below, then one aggregate step compares them. Without a sweep SWEEP_MEMBERS is empty and nothing here is a target.
 # Members and their ids come from workflow/lib/smkml/sweep.py; a bad sweep config stops the run here, while parsing.
+
 from smkml import sweep as sweeps
 from snakemake.exceptions import WorkflowError
 
@@ -46,9 +47,70 @@ SWEEP_TARGETS = [
 include: "sweep_members.smk"
 
 
+# Packing (docs/sweeps.md "Packing"): the cluster description's `pack.members_per_job` (profiles/<name>/cluster.yaml)
+# says how many members one job trains, one after another; 1 (this machine, the default) keeps the per-member rules
+# below. Members that need whole nodes are never packed. SWEEP_PACKS: {pack id: member ids}, empty without packing.
+SWEEP_PACK_SIZE = sweeps.pack_size(
+    CLUSTER["pack"]["members_per_job"],
+    int(TRAIN.needs["runtime"]),
+    (
+        CLUSTER["partitions"][TRAIN.partition].get("max_runtime")
+        if TRAIN.partition
+        else None
+    ),
+    TRAIN.whole_node,
+)
+SWEEP_PACKS = sweeps.packs(SWEEP_MEMBERS, SWEEP_PACK_SIZE)
+# What a finished member has (a pack skips it): train_member's and evaluate_member's outputs.
+MEMBER_OUTPUTS = [
+    "model/model.pt",
+    "model/history.json",
+    "metrics.json",
+    "predictions.csv",
+    "metrics.html",
+    "confusion_matrix.png",
+]
+
+
+# How every member's ranks start: the single run's launch (a dict: `container` opens a directive at a line's start).
+MEMBER_LAUNCH = {
+    "launcher": CLUSTER["launcher"],
+    "backend": config["train"]["backend"],
+    "processes": TRAIN.ranks,
+    "package": PACKAGE,
+    "layout": TRAIN.layout,
+    "mpi": CLUSTER["mpi"],
+    "cache_dir": CLUSTER["cache_dir"],
+    "container": TRAIN_CONTAINER,
+}
+
+
+# One member's script inside a pack (workflow/lib/smkml/sweep.py member_script): the per-member rules' commands.
+packed_member = lambda member, input: sweeps.member_script(
+    member,
+    f"{SWEEP_DIR}/{member}",
+    SWEEP_MEMBERS[member],
+    PACKAGE,
+    input.parent,
+    input.test,
+    training_command(
+        **MEMBER_LAUNCH,
+        args=sweeps.training_args(
+            member,
+            SWEEP_MEMBERS[member],
+            input.train,
+            f"{SWEEP_DIR}/{member}",
+            config["train"]["checkpoint_every"],
+        ),
+    ),
+    container_probe(TRAIN_CONTAINER),
+)
+
+
 wildcard_constraints:
     member=sweeps.MEMBER_ID,
     round=r"\d+",
+    pack=r"pack[0-9]+",
 
 
 localrules:
@@ -124,29 +186,15 @@ rule train_member:
         package=PACKAGE,
         probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
         # The member id holds a hash of its parameters: how and where the ranks start is provenance (see train.smk).
-        command=lambda wildcards, input, output: training_command(
-            launcher=CLUSTER["launcher"],
-            backend=config["train"]["backend"],
-            processes=TRAIN.ranks,
-            package=PACKAGE,
-            layout=TRAIN.layout,
-            mpi=CLUSTER["mpi"],
-            cache_dir=CLUSTER["cache_dir"],
-            container=TRAIN_CONTAINER,
-            args=[
-                "--train",
+        command=lambda wildcards, input: training_command(
+            **MEMBER_LAUNCH,
+            args=sweeps.training_args(
+                wildcards.member,
+                member_params(wildcards.member),
                 input.train,
-                "--out-dir",
-                str(Path(output.model).parent),
-                "--run-file",
-                input.run,
-                "--params",
-                json.dumps(member_params(wildcards.member), sort_keys=True),
-                "--checkpoint-dir",
-                f"results/checkpoints/sweep/{wildcards.member}",
-                "--checkpoint-every",
-                str(config["train"]["checkpoint_every"]),
-            ],
+                f"{SWEEP_DIR}/{wildcards.member}",
+                config["train"]["checkpoint_every"],
+            ),
         ),
     message:
         "Training sweep member {wildcards.member}"
@@ -185,11 +233,49 @@ rule evaluate_member:
         "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
 
 
+# A pack: one job trains and evaluates its members one after another, skipping those that finished before; a
+# member that fails does not stop the others, but fails the pack's job (its marker is not kept), so a rerun runs
+# the pack again and trains only its members that did not finish. Without packing nothing asks for a pack.
+
+
+rule train_pack:
+    input:
+        train=f"{PROCESSED_DIR}/train.npz",
+        test=f"{PROCESSED_DIR}/test.npz",
+        parent=SWEEP_RUN_FILE,
+    output:
+        f"{sweeps.PACK_DIR}/{{pack}}.json",
+    log:
+        "logs/sweep/packs/{pack}.log",
+    threads: TRAIN.threads
+    resources:
+        **TRAIN.packed(SWEEP_PACK_SIZE),
+        mlflow_db=1,
+    params:
+        members=lambda wildcards: SWEEP_PACKS[wildcards.pack],
+    message:
+        "Training and evaluating the sweep members of {wildcards.pack}, one after another"
+    run:
+        sweeps.run_pack(
+            output[0],
+            log[0],
+            wildcards.pack,
+            params.members,
+            SWEEP_DIR,
+            MEMBER_OUTPUTS,
+            lambda member: shell(packed_member(member, input), threads=threads),
+        )
+
+
 rule aggregate_sweep:
     input:
-        metrics=member_files("metrics.json"),
-        params=member_files("params.json"),
-        history=member_files("model/history.json"),
+        done=(
+            expand(f"{sweeps.PACK_DIR}/{{pack}}.json", pack=SWEEP_PACKS)
+            if SWEEP_PACKS
+            else member_files("metrics.json")
+        ),
+        params=[] if SWEEP_PACKS else member_files("params.json"),
+        history=[] if SWEEP_PACKS else member_files("model/history.json"),
         parent=SWEEP_RUN_FILE,
     output:
         csv=report(
@@ -217,9 +303,12 @@ rule aggregate_sweep:
         mlflow_db=1,
     params:
         package=PACKAGE,
-        members=lambda wildcards, input: [
-            str(Path(path).parent) for path in input.params
-        ],
+        # The members' folders, or with packing the packs' markers that list them (a short command line).
+        members=lambda wildcards, input: (
+            ["--packs", *(f"{sweeps.PACK_DIR}/{pack}.json" for pack in SWEEP_PACKS)]
+            if SWEEP_PACKS
+            else ["--members", *(str(Path(path).parent) for path in input.params)]
+        ),
         metric=SWEEP["metric"],
         direction=SWEEP["direction"],
         seed_key=SWEEP["seed_key"],
@@ -227,7 +316,7 @@ rule aggregate_sweep:
     message:
         f"Aggregating the sweep members by {SWEEP['metric']} ({SWEEP['direction']})"
     shell:
-        "python -m {params.package:q}.sweep --members {params.members:q} --metric {params.metric:q} "
+        "python -m {params.package:q}.sweep {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
         "--html {output.html:q} --plot {output.plot:q} --best {output.best:q} "
         "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1"

@@ -52,3 +52,17 @@ def test_aggregate_files(members, tmp_path):
     assert best["member"] == "c" and best["run_file"].endswith("c/run.json")
     assert "0.6000 ± 0.1414" in (out / "a.html").read_text()
     assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_packs_list_the_members(members, tmp_path):
+    """With packing the aggregate reads its members from the packs' records (results/sweep/packs/<pack>.json)."""
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    (packs / "pack0000.json").write_text(json.dumps({"pack": "pack0000", "members": ["a", "b", "c"]}))
+    (packs / "pack0001.json").write_text(json.dumps({"pack": "pack0001", "members": ["d"]}))
+    assert sweep.packed_members([str(packs / "pack0000.json"), str(packs / "pack0001.json")]) == members
+    out = tmp_path / "out"
+    sweep.main(["--packs", str(packs / "pack0000.json"), str(packs / "pack0001.json"), "--metric", "accuracy",
+                "--direction", "maximize", "--csv", str(out / "a.csv"), "--html", str(out / "a.html"),
+                "--plot", str(out / "p.png"), "--best", str(out / "best.json")])
+    assert [r["member"] for r in csv.DictReader((out / "a.csv").open())] == ["a", "b", "c", "d"]

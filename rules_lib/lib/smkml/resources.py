@@ -159,6 +159,25 @@ class Step:
         return grow_with_attempts(self.request, limit)
 
     @property
+    def whole_node(self) -> bool:
+        """Whether the step asks for whole nodes (several nodes, all GPUs of a node, or a whole-node partition):
+        such a step is its own job, never packed with others (sweep packing)."""
+        if self.partition is None:
+            return False
+        limits = self.cluster["partitions"][self.partition]
+        gpus = self.needs["gpus"]
+        return self.needs["nodes"] > 1 or limits["whole_node"] or bool(gpus and gpus == limits["gpus_per_node"])
+
+    def packed(self, count: int) -> dict:
+        """`resources` of one job running `count` of this step one after another: the runtime times `count`
+        (within the partition's limit), the rest as for one."""
+        limit = self.cluster["partitions"][self.partition].get("max_runtime") if self.partition else None
+        request = dict(self.request)
+        runtime = int(request["runtime"]) * max(1, count)
+        request["runtime"] = min(runtime, limit) if limit else runtime
+        return grow_with_attempts(request, limit)
+
+    @property
     def layout(self) -> dict:
         """Where the ranks of a Slurm step sit: nodes, tasks per node, CPUs per task and (LUMI, on a full node) the
         CPU-binding mask; empty off Slurm. The inner srun gets all of it explicitly (launch.srun_layout)."""

@@ -143,17 +143,40 @@ def member_id(changed: Mapping, params: Mapping) -> str:
     return f"{readable}_{digest}" if readable else digest
 
 
+class ParamsCheck:
+    """Checks members' values against the schema of train.hyperparameters (e.g. dropout below 1): each distinct
+    value of each key a member changes is checked once, against that key's part of the schema (the rest of a
+    member is the validated config's), so 10 000 members cost a few thousand small checks, not 10 000 full ones."""
+
+    def __init__(self, schema: Mapping | None):
+        self.validator = None
+        if schema is not None:
+            import jsonschema
+
+            self.validator = jsonschema.Draft202012Validator(schema)
+            self.properties = schema.get("properties", {})
+        self.seen: set[tuple[str, str]] = set()
+
+    def __call__(self, changed: Mapping, member: str) -> None:
+        if self.validator is None:
+            return
+        for key, value in changed.items():
+            token = (key, json.dumps(value, sort_keys=True))
+            if token in self.seen or key not in self.properties:
+                continue
+            errors = sorted(
+                self.validator.evolve(schema=self.properties[key]).iter_errors(value), key=lambda e: list(e.path)
+            )
+            if errors:
+                error = errors[0]
+                where = ".".join([key, *(str(part) for part in error.path)])
+                raise SweepError(f"config sweep: member {member} sets train.hyperparameters.{where}: {error.message}")
+            self.seen.add(token)
+
+
 def check_params(params: Mapping, schema: Mapping | None, member: str) -> None:
     """The member's parameters against the schema of train.hyperparameters (e.g. dropout below 1)."""
-    if schema is None:
-        return
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(params)), key=lambda e: list(e.path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(part) for part in error.path) or "?"
-        raise SweepError(f"config sweep: member {member} sets train.hyperparameters.{key}: {error.message}")
+    ParamsCheck(schema)(params, member)
 
 
 def members(config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
@@ -182,13 +205,14 @@ def members(config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
     if not sets:
         sets = [{}]  # seeds alone: replicas of train.hyperparameters
     found: dict[str, dict] = {}
+    check = ParamsCheck(schema)
     for values in sets:
         replicas = [{}] if not seeds else [{seed_key: base[seed_key] + k} for k in range(seeds)]
         for replica in replicas:
             changed = {**values, **replica}
             params = {**base, **changed}
             member = member_id(changed, params)
-            check_params(params, schema, member)
+            check(changed, member)
             if member in found:
                 raise SweepError(f"config sweep: member {member} ({json.dumps(changed)}) is given twice")
             found[member] = params
@@ -287,3 +311,111 @@ def trial_number(member: str) -> int | None:
     """The trial number in a search member's id, None for other members."""
     found = re.match(rf"{re.escape(TRIAL_PREFIX)}(\d+)_", member)
     return int(found.group(1)) if found else None
+
+
+# Packing (config of the cluster: `pack:` in profiles/<name>/cluster.yaml; docs/sweeps.md "Packing"): on a cluster,
+# members that are small are trained in packs, one scheduler job per pack instead of four Snakemake jobs per
+# member. The pack is Snakemake's unit (one job, one marker file); the member stays the unit of resuming: a pack
+# skips its members that finished before, so a rerun trains only the members that did not finish.
+PACK_DIR = "results/sweep/packs"
+
+
+def pack_size(members_per_job: int, runtime: int, max_runtime: int | None, whole_node: bool) -> int:
+    """Members per pack job: `members_per_job` (the cluster's `pack.members_per_job`), as many as fit in the
+    partition's time limit one after another (`runtime` minutes each), and 1 for members that need whole nodes
+    (each is still its own job). 1 means no packing: the per-member rules."""
+    if whole_node or members_per_job <= 1:
+        return 1
+    if max_runtime:
+        return max(1, min(members_per_job, max_runtime // max(1, runtime)))
+    return members_per_job
+
+
+def packs(members_: Mapping[str, Mapping], size: int) -> dict[str, list[str]]:
+    """{pack id: its member ids}: the members in their order, `size` at a time (empty when size <= 1). The pack
+    of a member changes when members are added before it; its list is a parameter of the pack's job, so Snakemake
+    runs a pack again when its list changed, and the pack skips the members that finished."""
+    if size <= 1:
+        return {}
+    ids = list(members_)
+    return {f"pack{index // size:04d}": ids[index : index + size] for index in range(0, len(ids), size)}
+
+
+def member_finished(folder: str, outputs: list[str]) -> bool:
+    """Whether a member's training and evaluation outputs are all there (a pack then skips it)."""
+    from pathlib import Path
+
+    return all((Path(folder) / name).is_file() and (Path(folder) / name).stat().st_size > 0 for name in outputs)
+
+
+def write_pack(path: str, pack: str, members_: list[str], trained: list[str], failed: list[str]) -> None:
+    """The pack's marker: its members, which of them this job trained, and which failed (then the job fails and
+    the marker is not kept: Snakemake runs the pack again next time)."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    record = {"pack": pack, "members": members_, "trained": trained, "skipped": len(members_) - len(trained),
+              "failed": failed}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def training_args(member: str, params: Mapping, train: str, folder: str, checkpoint_every: int) -> list[str]:
+    """The arguments of a member's training (after the launch): its data, output folder, MLflow run, parameters and
+    checkpoints (results/checkpoints/sweep/<member>)."""
+    return [
+        "--train", train, "--out-dir", f"{folder}/model", "--run-file", f"{folder}/run.json",
+        "--params", json.dumps(params, sort_keys=True),
+        "--checkpoint-dir", f"results/checkpoints/sweep/{member}", "--checkpoint-every", str(checkpoint_every),
+    ]
+
+
+def member_script(member: str, folder: str, params: Mapping, package: str, parent: str, test: str, training: str,
+                  probe: str) -> str:
+    """One member inside a pack job, as the per-member rules run it (the same commands, logs and outputs): its
+    parameters, its MLflow child run (kept from an earlier try), training (`probe; training`: the launch command),
+    evaluation; a failure marks its run FAILED and fails the script. Braces are doubled: Snakemake's shell() formats
+    the text it is given."""
+    import shlex
+
+    q = shlex.quote
+    logs = f"logs/sweep/{member}"
+    run = q(f"{folder}/run.json")
+    fail = f"python -m {q(package)}.tracking fail --run-file {run}"
+    evaluate = (
+        f"python -m {q(package)}.evaluate --model {q(f'{folder}/model/model.pt')} --test {q(test)} "
+        f"--metrics {q(f'{folder}/metrics.json')} --table {q(f'{folder}/metrics.html')} "
+        f"--confusion-plot {q(f'{folder}/confusion_matrix.png')} --predictions {q(f'{folder}/predictions.csv')} "
+        f"--run-file {run}"
+    )
+    script = "\n".join([
+        f"mkdir -p {q(folder)} {q(logs)}",
+        f"printf '%s\\n' {q(json.dumps(params, sort_keys=True))} > {q(f'{folder}/params.json')}",
+        f"[ -s {run} ] || python -m {q(package)}.tracking start-child --out {run} --parent-run-file {q(parent)} "
+        f"--name {q(member)} --params {q(f'{folder}/params.json')} > {q(f'{logs}/start_member.log')} 2>&1",
+        f"({probe}; {training}) > {q(f'{logs}/train.log')} 2>&1 || ({fail} >> {q(f'{logs}/train.log')} 2>&1; exit 1)",
+        f"({evaluate}) > {q(f'{logs}/evaluate.log')} 2>&1 || ({fail} >> {q(f'{logs}/evaluate.log')} 2>&1; exit 1)",
+    ])
+    return script.replace("{", "{{").replace("}", "}}")
+
+
+def run_pack(record: str, log: str, pack: str, members_: list[str], sweep_dir: str, outputs: list[str],
+             run_member) -> None:
+    """A pack job: `run_member(member)` (the member's script through Snakemake's shell()) for each member that has
+    not finished, one after another; a failing member does not stop the others. Writes the pack's record (and a
+    copy as its log), then fails if any member failed, so that Snakemake runs the pack again next time."""
+    import shutil
+    import subprocess
+
+    trained, failed = [], []
+    for member in members_:
+        if member_finished(f"{sweep_dir}/{member}", outputs):
+            continue
+        trained.append(member)
+        try:
+            run_member(member)
+        except subprocess.CalledProcessError:
+            failed.append(member)
+    write_pack(record, pack, members_, trained, failed)
+    shutil.copyfile(record, log)
+    if failed:
+        raise RuntimeError(f"{pack}: {len(failed)} member(s) failed: {failed} (logs in logs/sweep/<member>/)")

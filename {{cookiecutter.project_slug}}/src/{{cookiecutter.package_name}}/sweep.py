@@ -4,6 +4,9 @@ seeds per parameter set, and the metric against each swept parameter.
     python -m {{ cookiecutter.package_name }}.sweep --members results/sweep/<id> ... --metric accuracy \\
         --direction maximize --csv ... --html ... --plot ... --best ... [--parent-run-file ...]
 
+With packing (docs/sweeps.md), `--packs results/sweep/packs/<pack>.json ...` instead of `--members`: each pack's
+record lists its members, whose folders are results/sweep/<id> (a short command line for thousands of members).
+
 Each member folder holds params.json (its full hyper-parameters), metrics.json (evaluate), model/history.json
 (train) and run.json (its MLflow run, a child of the sweep's parent run).
 """
@@ -22,6 +25,14 @@ METRICS = ("accuracy", "macro_f1", "weighted_f1")
 
 def _cell(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def packed_members(packs: list[str]) -> list[str]:
+    """The member folders listed by pack records (results/sweep/packs/<pack>.json -> results/sweep/<id>)."""
+    folders = []
+    for pack in map(Path, packs):
+        folders += [str(pack.parent.parent / member) for member in json.loads(pack.read_text())["members"]]
+    return folders
 
 
 def load(folders: list[str]) -> list[dict]:
@@ -180,7 +191,9 @@ def log_to_parent(run_file: str, rows: list[dict], top: dict, metric: str, artif
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.sweep", description=__doc__)
-    parser.add_argument("--members", nargs="+", required=True, help="the members' folders (results/sweep/<id>)")
+    members = parser.add_mutually_exclusive_group(required=True)
+    members.add_argument("--members", nargs="+", help="the members' folders (results/sweep/<id>)")
+    members.add_argument("--packs", nargs="+", help="pack records listing the members (results/sweep/packs/*.json)")
     parser.add_argument("--metric", required=True)
     parser.add_argument("--direction", choices=("maximize", "minimize"), required=True)
     parser.add_argument("--seed-key", default="seed")
@@ -191,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-run-file", help="the sweep's MLflow parent run (gets the aggregate)")
     parser.add_argument("--sweep-config", help="JSON: config `sweep:`, kept on the parent run as sweep_config.json")
     args = parser.parse_args(argv)
+    if args.packs:
+        args.members = packed_members(args.packs)
 
     rows = load(args.members)
     top = best(rows, args.metric, args.direction)
