@@ -6,6 +6,7 @@ The path-like keys are those the config schema marks as `$ref: "#/$defs/project_
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 
@@ -132,3 +133,43 @@ def test_hostile_paths_are_quoted_in_every_command(project):
     finally:
         (project / "config/config.yaml").write_text(original)
     assert not list(project.parent.rglob("PWNED")), "shell syntax in a path was run"
+
+
+@pytest.mark.reliability(
+    tried="An absolute data.processed_dir with data.processed_dir_outside_project: true (data on /scratch)",
+    sees="accepted; the steps write there; Apptainer binds it; Charliecloud refuses it naming both",
+    left="the prepared data at the absolute path",
+)
+def test_an_absolute_data_location_needs_the_explicit_opt_in(tmp_path):
+    from smkml.launch import ContainerError, with_data_binds
+
+    outside = str(tmp_path / "scratch" / "processed")
+    with pytest.raises(Exception, match=r"data.processed_dir_outside_project: true \(e.g. on /scratch\)"):
+        project_config(**with_value("data.processed_dir", outside))
+    config = project_config(data={"raw": "data/raw/digits.csv", "processed_dir": outside,
+                                  "processed_dir_outside_project": True})
+    assert config["data"]["processed_dir"] == outside
+    for value, problem in ((f"{outside}/../x", "contains '..'"), ("~/scratch", "is not relative")):
+        with pytest.raises(Exception, match=re.escape(problem)):
+            project_config(data={"raw": "data/raw/digits.csv", "processed_dir": value,
+                                 "processed_dir_outside_project": True})
+    with pytest.raises(Exception, match="config data.raw '/data/raw.csv' is not relative"):  # only processed_dir
+        project_config(data={"raw": "/data/raw.csv", "processed_dir": "data/processed",
+                             "processed_dir_outside_project": True})
+    apptainer = {"runtime": "apptainer", "image": "x.sif", "gpu": "none", "binds": ["/pfs"]}
+    assert with_data_binds(apptainer, outside)["binds"] == ["/pfs", outside]
+    assert with_data_binds(apptainer, "data/processed") == apptainer
+    with pytest.raises(ContainerError, match="charliecloud cannot bind"):
+        with_data_binds({**apptainer, "runtime": "charliecloud"}, outside)
+
+
+def test_the_pipeline_writes_to_an_opted_in_absolute_data_location(project, tmp_path):
+    """As a LUMI user would put prepared data on /scratch: the dry run plans the prepare step's outputs there."""
+    outside = tmp_path / "scratch processed"
+    original = (project / "config/config.yaml").read_text()
+    try:
+        set_config(project, **{"data.processed_dir": str(outside), "data.processed_dir_outside_project": True})
+        result = run(["snakemake", "-n", "--profile", "profiles/local"], project)
+    finally:
+        (project / "config/config.yaml").write_text(original)
+    assert f"{outside}/train.npz" in result.stdout

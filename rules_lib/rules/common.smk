@@ -74,6 +74,7 @@ from smkml.launch import (
     launcher_prefix,
     resolve_container,
     training_command,
+    with_data_binds,
 )
 
 # Jobs run in the project directory with the package on PYTHONPATH and SMKML_CLUSTER set.

@@ -1,7 +1,10 @@
 TRAIN = step("train_model", TRAIN_RANKS)
 # The container training runs in (config `container:`, cluster defaults from its description); checked while parsing.
 TRAIN_CONTAINER = resolve_container(
-    config["container"], CLUSTER, gpus=TRAIN.needs["gpus"], project_dir=Path.cwd()
+    with_data_binds(config["container"], PROCESSED_DIR),
+    CLUSTER,
+    gpus=TRAIN.needs["gpus"],
+    project_dir=Path.cwd(),
 )
 # A launcher that cannot start this backend stops the run here (e.g. torchrun with Horovod).
 launcher_prefix(

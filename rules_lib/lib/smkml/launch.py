@@ -94,6 +94,20 @@ def resolve_container(
     return {"runtime": runtime, "image": image, "gpu": gpu, "binds": binds, "workdir": workdir}
 
 
+def with_data_binds(container: dict, processed_dir: str) -> dict:
+    """config `container` with an absolute data.processed_dir (data.processed_dir_outside_project: true) added to its
+    binds, so the ranks inside Apptainer/Singularity see it at the same path. Charliecloud cannot bind a path the
+    image has no mount point for: an absolute data.processed_dir is refused there, naming both."""
+    if not processed_dir.startswith("/") or container.get("runtime", "none") == "none":
+        return container
+    if container["runtime"] == "charliecloud":
+        raise ContainerError(
+            f"config data.processed_dir {processed_dir!r} is outside the project, which charliecloud cannot bind (the "
+            "image has no mount point for it): use a path inside the project, or runtime apptainer/singularity"
+        )
+    return {**container, "binds": [*container.get("binds", []), processed_dir]}
+
+
 def runtime_prefix(container: dict | None) -> list[str]:
     """The words that run the command that follows inside the container (nothing for runtime none)."""
     if not container or container["runtime"] == "none":

@@ -60,13 +60,21 @@ def project_path_keys(name: str = "config") -> list[tuple[str, ...]]:
     return list(walk(_load(name), ()))
 
 
-def path_problem(value: str) -> str | None:
-    """Why `value` is not a path inside the project (None: it is)."""
+# The one path-like key that may point outside the project, when the config says so explicitly: the key that opts in.
+OUTSIDE_PROJECT = {("data", "processed_dir"): ("data", "processed_dir_outside_project")}
+
+
+def path_problem(value: str, absolute_allowed: bool = False) -> str | None:
+    """Why `value` is not a path inside the project (None: it is); `absolute_allowed`: an absolute path is fine."""
     if any(unicodedata.category(c)[0] == "C" for c in value):
         return "contains a control character (a newline, a tab, ...)"
     if "{" in value or "}" in value:
         return "contains a brace, which Snakemake reads as a wildcard"
     path = PurePosixPath(value)
+    if absolute_allowed and path.is_absolute():
+        if ".." in path.parts:
+            return "contains '..': give the absolute path itself"
+        return None if path != PurePosixPath("/") else "is the root directory"
     if path.is_absolute() or value.startswith("~"):
         return "is not relative to the project directory"
     if ".." in path.parts:
@@ -79,15 +87,23 @@ def path_problem(value: str) -> str | None:
 def check_paths(config: dict, name: str = "config") -> None:
     """Every path-like key of the config (project_path_keys) inside the project, else a WorkflowError naming each
     bad key and value: checked before anything runs (workflow/rules/common.smk), as the schema is."""
-    problems = []
-    for keys in project_path_keys(name):
+    def get(keys):
         value = config
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str) and path_problem(value):
+        return value
+
+    problems = []
+    for keys in project_path_keys(name):
+        value = get(keys)
+        opt_in = OUTSIDE_PROJECT.get(keys)
+        allowed = bool(opt_in and get(opt_in) is True)
+        if isinstance(value, str) and path_problem(value, allowed):
+            hint = (f", or an absolute path with {'.'.join(opt_in)}: true (e.g. on /scratch)"
+                    if opt_in and not allowed else "")
             problems.append(
-                f"config {'.'.join(keys)} {value!r} {path_problem(value)}: give a path inside the project, relative "
-                "to it, without '..', braces or control characters (e.g. 'data/processed')"
+                f"config {'.'.join(keys)} {value!r} {path_problem(value, allowed)}: give a path inside the project, "
+                f"relative to it, without '..', braces or control characters (e.g. 'data/processed'){hint}"
             )
     if problems:
         from snakemake.exceptions import WorkflowError
