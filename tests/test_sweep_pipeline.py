@@ -184,6 +184,9 @@ def test_failed_members_are_marked_and_the_others_kept(swept):
     failed = [r for r in children if r.info.status == "FAILED"]
     assert len(children) == 6 and len(failed) == 2
     assert all(r.data.tags["sweep.member"].startswith("batch_size=100000_seed=") for r in failed)
+    # The failing step is named, and a failed member's training gets a new run when it is trained again.
+    assert all(r.data.tags["pipeline.failed_step"] == "train_member" for r in failed)
+    assert not any((project / "results/sweep" / r.data.tags["sweep.member"] / "run.json").exists() for r in failed)
 
 
 # 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results.

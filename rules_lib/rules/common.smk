@@ -97,7 +97,7 @@ redaction = load_redaction()
 # The MLflow store reaches the jobs through the environment (this file is parsed again in every cluster job and
 # pod), never through a command line, a parameter or Snakemake's records, since tracking.uri may hold credentials.
 # An MLFLOW_TRACKING_URI set by the user wins over the config's.
-os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
+TRACKING_URI = os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
 
 # Every path from the config stays inside the project (the schema's project_path keys); the shell commands quote
 # them ({input:q}, {output:q}, {params.x:q}), so spaces, quotes, `;` or `$(...)` in a path are only characters.
@@ -105,6 +105,9 @@ schemas.check_paths(config)
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]
 RUN_FILE = "results/mlflow/run.json"
+# A registration names a version in the store's model registry: a single run's, or a sweep's best member's.
+REGISTERED_FILE = "results/mlflow/registered_model.json"
+SWEEP_REGISTERED_FILE = "results/sweep/mlflow/registered_model.json"
 
 # Where the steps run: the cluster description the profile loads as config (profiles/<name>/cluster.yaml), or
 # this machine. Bad requests (account, partition, GPUs, runtime) stop the run here, before anything is submitted.

@@ -37,13 +37,20 @@ rule prepare_data:
         test_fraction=config["prepare"]["test_fraction"],
         seed=config["prepare"]["seed"],
         package=PACKAGE,
+        # Where the executed notebook, with the error, is kept when the step fails (Snakemake deletes the outputs
+        # of a failed job). Not a `log:` entry: a failed job's logs are printed whole, and a notebook is JSON.
+        failed_notebook="logs/prepare_data.ipynb",
     message:
         "Executing {input.notebook} with papermill"
     shell:
         "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --run-file {input.run:q} "
         "> {log:q} 2>&1; "
-        "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
+        "rm -f {params.failed_notebook:q}; "
+        "(papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
         "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
-        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} >> {log:q} 2>&1; "
-        "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q} >> {log:q} 2>&1"
+        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} && "
+        "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q}) >> {log:q} 2>&1 "
+        "|| (if [ -f {output.notebook:q} ]; then mv -f {output.notebook:q} {params.failed_notebook:q}; fi; "
+        "python -m {params.package:q}.tracking fail --run-file {input.run:q} --step prepare_data --new-run "
+        "--notebook {params.failed_notebook:q} >> {log:q} 2>&1; exit 1)"

@@ -38,7 +38,7 @@ SWEEP_TARGETS = [
     f"{SWEEP_DIR}/aggregate.html",
     f"{SWEEP_DIR}/plots/metric_vs_params.png",
     f"{SWEEP_DIR}/best.json",
-    f"{SWEEP_DIR}/mlflow/registered_model.json",
+    SWEEP_REGISTERED_FILE,
 ] + ([f"{SEARCH_DIR}/study.json"] if SEARCH else [])
 
 
@@ -162,8 +162,8 @@ rule start_member:
         "--name {wildcards.member:q} --params {input.params:q} > {log:q} 2>&1"
 
 
-# A failed member marks its MLflow run FAILED (tracking fail) and fails its job; with --keep-going the other
-# members go on.
+# A failed member marks its MLflow run FAILED, naming the step (tracking fail), and fails its job; with --keep-going
+# the other members go on. A member whose training failed gets a new run when it is trained again.
 
 
 rule train_member:
@@ -200,7 +200,7 @@ rule train_member:
         "Training sweep member {wildcards.member}"
     shell:
         "({params.probe}; {params.command}) > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
-        "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
+        "--run-file {input.run:q} --step train_member --new-run >> {log:q} 2>&1; exit 1)"
 
 
 rule evaluate_member:
@@ -230,7 +230,7 @@ rule evaluate_member:
         "--metrics {output.metrics:q} --table {output.table:q} "
         "--confusion-plot {output.confusion:q} --predictions {output.predictions:q} "
         "--run-file {input.run:q}) > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
-        "--run-file {input.run:q} >> {log:q} 2>&1; exit 1)"
+        "--run-file {input.run:q} --step evaluate_member >> {log:q} 2>&1; exit 1)"
 
 
 # A pack: one job trains and evaluates its members one after another, skipping those that finished before; a
@@ -327,7 +327,7 @@ rule register_best_member:
         best=f"{SWEEP_DIR}/best.json",
         parent=SWEEP_RUN_FILE,
     output:
-        f"{SWEEP_DIR}/mlflow/registered_model.json",
+        SWEEP_REGISTERED_FILE,
     log:
         "logs/sweep/register_best_member.log",
     conda:

@@ -6,6 +6,22 @@ localrules:
     register_model,
 
 
+# A run file or registration naming what the MLflow store does not have (the store deleted or replaced, the run or
+# version deleted in the UI) is removed, with one warning line, before the jobs are planned: this run then starts a
+# new MLflow run (or registers again) instead of failing on a run that is gone. Only where Snakemake was started.
+if workflow.is_main_process:
+    from smkml import mlflow_store
+    from snakemake.logging import logger
+
+    for warning in mlflow_store.retire_stale(
+        RUN_FILE,
+        [REGISTERED_FILE, SWEEP_REGISTERED_FILE],
+        TRACKING_URI,
+        redaction.redact_uri,
+    ):
+        logger.warning(f"warning: {warning}")
+
+
 onstart:
     # Before the first job of a real run (not -n), once, where Snakemake was started (jobs run with --no-hooks):
     # the executor must be the one the cluster description maps for, and a Kubernetes pod image must be given.
@@ -71,7 +87,7 @@ rule register_model:
         provenance="results/provenance.json",
         run=RUN_FILE,
     output:
-        "results/mlflow/registered_model.json",
+        REGISTERED_FILE,
     log:
         "logs/register_model.log",
     conda:

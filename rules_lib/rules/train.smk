@@ -28,6 +28,7 @@ rule train_model:
         **TRAIN.resources,
         mlflow_db=1,
     params:
+        package=PACKAGE,
         probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
         # Functions of input and output are not recorded as rule parameters by Snakemake: how and where the ranks
         # start (launcher, container, number of ranks) is provenance, not a reason to train again.
@@ -59,4 +60,5 @@ rule train_model:
     message:
         f"Training with {config['train']['backend']} on {TRAIN.ranks} rank(s)"
     shell:
-        "({params.probe}; {params.command}) > {log} 2>&1"
+        "({params.probe}; {params.command}) > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
+        "--run-file {input.run:q} --step train_model --new-run >> {log:q} 2>&1; exit 1)"

@@ -380,7 +380,7 @@ def member_script(member: str, folder: str, params: Mapping, package: str, paren
     q = shlex.quote
     logs = f"logs/sweep/{member}"
     run = q(f"{folder}/run.json")
-    fail = f"python -m {q(package)}.tracking fail --run-file {run}"
+    fail = f"python -m {q(package)}.tracking fail --run-file {run} --step"  # + the step (the rules' names)
     evaluate = (
         f"python -m {q(package)}.evaluate --model {q(f'{folder}/model/model.pt')} --test {q(test)} "
         f"--metrics {q(f'{folder}/metrics.json')} --table {q(f'{folder}/metrics.html')} "
@@ -392,8 +392,8 @@ def member_script(member: str, folder: str, params: Mapping, package: str, paren
         f"printf '%s\\n' {q(json.dumps(params, sort_keys=True))} > {q(f'{folder}/params.json')}",
         f"[ -s {run} ] || python -m {q(package)}.tracking start-child --out {run} --parent-run-file {q(parent)} "
         f"--name {q(member)} --params {q(f'{folder}/params.json')} > {q(f'{logs}/start_member.log')} 2>&1",
-        f"({probe}; {training}) > {q(f'{logs}/train.log')} 2>&1 || ({fail} >> {q(f'{logs}/train.log')} 2>&1; exit 1)",
-        f"({evaluate}) > {q(f'{logs}/evaluate.log')} 2>&1 || ({fail} >> {q(f'{logs}/evaluate.log')} 2>&1; exit 1)",
+        f"({probe}; {training}) > {q(f'{logs}/train.log')} 2>&1 || ({fail} train_member --new-run >> {q(f'{logs}/train.log')} 2>&1; exit 1)",
+        f"({evaluate}) > {q(f'{logs}/evaluate.log')} 2>&1 || ({fail} evaluate_member >> {q(f'{logs}/evaluate.log')} 2>&1; exit 1)",
     ])
     return script.replace("{", "{{").replace("}", "}}")
 

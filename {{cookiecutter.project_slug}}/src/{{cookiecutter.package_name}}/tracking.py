@@ -84,12 +84,35 @@ def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, pa
     return info["run_id"]
 
 
-def mark_failed(run_file: str | Path) -> None:
-    """Mark a run FAILED (a sweep member whose step failed), so the MLflow UI shows it among its siblings."""
+# The tag naming the step that failed, on a run marked FAILED.
+FAILED_STEP_TAG = "pipeline.failed_step"
+
+
+def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = False) -> str:
+    """Mark the run FAILED, with the failing step as tag `pipeline.failed_step`, so the MLflow UI shows what broke
+    (a sweep member among its siblings, the pipeline's run). With `new_run` (a step before the run holds its model:
+    prepare, train) the run file is removed, so the rerun starts a new run and this one stays FAILED; it is removed
+    too when the store no longer has the run (deleted or replaced), since nothing can log to it any more.
+    Returns what happened, in words."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     info = read_run_file(run_file)
-    mlflow.MlflowClient(tracking_uri=tracking_uri(info)).set_terminated(info["run_id"], status="FAILED")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(info))
+    try:
+        if step:
+            client.set_tag(info["run_id"], FAILED_STEP_TAG, step)
+        client.set_terminated(info["run_id"], status="FAILED")
+        outcome = f"MLflow run {info['run_id']} is marked FAILED" + (f" ({FAILED_STEP_TAG}={step})" if step else "")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        outcome = f"MLflow run {info['run_id']} is not in the store {info['tracking_uri']} (deleted or replaced)"
+        new_run = True
+    if new_run:
+        Path(run_file).unlink(missing_ok=True)
+        outcome += "; the next run starts a new MLflow run"
+    return outcome
 
 
 def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=(),
@@ -160,8 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     child_cmd.add_argument("--parent-run-file", required=True)
     child_cmd.add_argument("--name", required=True, help="the member id")
     child_cmd.add_argument("--params", required=True, help="JSON file of the member's hyper-parameters")
-    fail_cmd = sub.add_parser("fail", help="mark a run FAILED")
+    fail_cmd = sub.add_parser("fail", help="mark a run FAILED after a step failed, naming the step")
     fail_cmd.add_argument("--run-file", required=True)
+    fail_cmd.add_argument("--step", required=True, help="the step (rule) that failed")
+    fail_cmd.add_argument("--new-run", action="store_true",
+                          help="remove the run file: the rerun starts a new run (the step ran before the model)")
+    fail_cmd.add_argument("--notebook", help="where the failed step's executed notebook is kept")
     register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
     if args.command == "start":
@@ -173,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"MLflow run {run_id} for sweep member {args.name}")
         return
     if args.command == "fail":
-        mark_failed(args.run_file)
+        outcome = mark_failed(args.run_file, args.step, args.new_run)
+        kept = (f"; the executed notebook, with the error, is kept in {args.notebook}"
+                if args.notebook and Path(args.notebook).is_file() else "")
+        print(f"error: step {args.step} failed{kept}; {outcome}")
         return
     if args.best:  # a sweep's best member: its run file, its metrics next to it
         args.run_file = json.loads(Path(args.best).read_text())["run_file"]

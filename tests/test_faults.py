@@ -1,0 +1,212 @@
+"""Issue 15, faults: nothing lost, nothing silently wrong.
+
+A failed step keeps its evidence and fails the pipeline's MLflow run, naming the step; the rerun after the fix gets
+a run of its own, FINISHED. An MLflow store deleted or replaced after a run (or while it runs) is followed by a new
+run with one warning line, never by a pipeline wedged on a stale results/mlflow/run.json, and
+registered_model.json never names a version the store does not have.
+
+One generated project (default answers, local profile; 1 epoch), taken through the steps a user would go through:
+a bug in the notebook, the fix, the store deleted. Real papermill, real MLflow (the project's SQLite store).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import generate, project_helper, run
+
+pytestmark = pytest.mark.e2e
+
+SNAKEMAKE = ["snakemake", "--profile", "profiles/local"]
+BUG = "a user's bug in the notebook"
+KEPT = "logs/prepare_data.ipynb"
+STALE = "does not have (deleted or replaced)"
+
+
+def client(store: Path):
+    """MLflow's client on the SQLite store `store` (a project directory or a database file). MLflow keeps one
+    connection pool per URI for the process: a copy of a store that was deleted and made anew is read under a
+    name of its own, never through a connection to the deleted file."""
+    import mlflow
+
+    database = store / "mlflow.db" if store.is_dir() else store
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}")
+
+
+def pipeline_runs(project: Path, store: Path | None = None) -> list:
+    found = client(store or project)
+    experiment = found.get_experiment_by_name(project.name)
+    return found.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def run_file(project: Path) -> dict:
+    return json.loads((project / "results/mlflow/run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    path = generate(tmp_path_factory.mktemp("faults"))
+    config = path / "config/config.yaml"
+    text, count = re.subn(r"epochs: \d+", "epochs: 1", config.read_text())
+    assert count == 1
+    config.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def failed(project):
+    """A cell of the notebook raises (a user's edit gone wrong): the pipeline stops in prepare_data."""
+    notebook = project / "notebooks/prepare.ipynb"
+    original = notebook.read_text()
+    broken = nbformat.reads(original, as_version=4)
+    cell = next(cell for cell in broken.cells if "data.split(" in cell.source)
+    cell.source = f"raise ValueError({BUG!r})\n{cell.source}"
+    nbformat.write(broken, notebook)
+    try:
+        result = run(SNAKEMAKE, project, check=False)
+    finally:
+        notebook.write_text(original)
+    return result, result.stdout + result.stderr
+
+
+def test_the_failed_notebook_is_kept_with_its_traceback(project, failed):
+    result, output = failed
+    assert result.returncode != 0
+    assert f"step prepare_data failed; the executed notebook, with the error, is kept in {KEPT}" in output
+    kept = nbformat.read(project / KEPT, as_version=4)
+    errors = [out for cell in kept.cells if cell.cell_type == "code" for out in cell.outputs
+              if out.output_type == "error"]
+    assert [(error.ename, error.evalue) for error in errors] == [("ValueError", BUG)]
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0].traceback))  # without the terminal colours
+    assert f"raise ValueError({BUG!r})" in traceback
+    assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in kept.cells)
+    # Snakemake removed the failed job's outputs; the evidence is outside them.
+    assert not (project / "results/notebooks/prepare.ipynb").exists()
+
+
+def test_the_failed_run_is_marked_failed_naming_the_step(project, failed):
+    _, output = failed
+    (only,) = pipeline_runs(project)
+    assert only.info.status == "FAILED"
+    assert only.data.tags["pipeline.failed_step"] == "prepare_data"
+    assert f"MLflow run {only.info.run_id} is marked FAILED (pipeline.failed_step=prepare_data)" in output
+    assert not (project / "results/mlflow/run.json").exists(), "the rerun must start a run of its own"
+
+
+@pytest.fixture(scope="module")
+def fixed(project, failed):
+    """The notebook fixed (restored), the pipeline run again."""
+    (failed_run,) = pipeline_runs(project)
+    run(SNAKEMAKE, project)
+    return failed_run.info.run_id
+
+
+def test_the_rerun_after_the_fix_has_its_own_finished_run(project, fixed):
+    runs = {found.info.run_id: found for found in pipeline_runs(project)}
+    new = run_file(project)["run_id"]
+    assert set(runs) == {fixed, new}
+    assert runs[new].info.status == "FINISHED" and "pipeline.failed_step" not in runs[new].data.tags
+    assert runs[fixed].info.status == "FAILED", "the failed run stays as it was"
+    assert runs[new].data.params["data.n_train"] == "1437", "the new run has the prepare step's record too"
+    assert (project / "results/notebooks/prepare.ipynb").is_file()
+    assert not (project / KEPT).exists(), "the evidence of the earlier failure is gone once the step succeeded"
+
+
+def test_a_step_whose_run_left_the_store_retires_the_run_file(project, fixed, tmp_path):
+    """The store lost the run while the pipeline ran: the failing step's handler (the command the rules run) says
+    so and removes the run file, so that the next run starts a new MLflow run."""
+    stale = tmp_path / "run.json"
+    stale.write_text(json.dumps({**run_file(project), "run_id": "0" * 32}))
+    result = run([sys.executable, "-m", f"{project.name.replace('-', '_')}.tracking", "fail", "--run-file",
+                  str(stale), "--step", "train_model"], project, PYTHONPATH=str(project / "src"))
+    assert (f"error: step train_model failed; MLflow run {'0' * 32} is not in the store sqlite:///mlflow.db "
+            "(deleted or replaced); the next run starts a new MLflow run") in result.stdout
+    assert not stale.exists()
+
+
+def package_module(project: Path, name: str):
+    """A module of the project's package that needs only the standard library (e.g. redaction), by its path."""
+    import importlib.util
+
+    path = project / "src" / project.name.replace("-", "_") / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"faults_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_what_the_store_does_not_have_is_retired_before_planning(project, fixed, tmp_path, monkeypatch):
+    """What the workflow asks before planning (workflow/lib/smkml/mlflow_store.py), on copies of the records: the
+    project's store has the run and the version (nothing retired); a copy of it where the version was deleted (in
+    the UI) retires the registration only; another store at the same URI (replaced) retires both."""
+    import mlflow
+
+    mlflow_store = project_helper(project, "mlflow_store")
+    redact = package_module(project, "redaction").redact_uri
+    records = {name: (project / "results/mlflow" / name).read_text() for name in ("run.json", "registered_model.json")}
+    run_path, registered_path = (tmp_path / name for name in records)
+
+    def retire(where: Path) -> list[str]:
+        for name, text in records.items():
+            (tmp_path / name).write_text(text)
+        monkeypatch.chdir(where)
+        return mlflow_store.retire_stale(str(run_path), [str(registered_path)], "sqlite:///mlflow.db", redact)
+
+    assert retire(project) == []
+    assert run_path.exists() and registered_path.exists()
+
+    version_deleted = tmp_path / "version-deleted"
+    version_deleted.mkdir()
+    shutil.copy(project / "mlflow.db", version_deleted / "mlflow.db")
+    registered = json.loads(records["registered_model.json"])
+    mlflow.MlflowClient(f"sqlite:///{version_deleted}/mlflow.db").delete_model_version(
+        registered["name"], str(registered["version"]))
+    (warning,) = retire(version_deleted)
+    assert warning.startswith(f"{registered_path} names version 1 of model {project.name}, which the store")
+    assert STALE in warning and "registering the model again" in warning
+    assert run_path.exists() and not registered_path.exists()
+
+    replaced = tmp_path / "replaced"
+    replaced.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{replaced}/mlflow.db").create_experiment(project.name)
+    (warning,) = retire(replaced)
+    assert STALE in warning and "starting a new MLflow run" in warning
+    assert not run_path.exists() and not registered_path.exists()
+
+
+@pytest.fixture(scope="module")
+def store_deleted(project, fixed, tmp_path_factory):
+    """After a finished run, the MLflow store (database and artifacts) is deleted; the user runs the pipeline.
+    Returns the old run id, the output and a copy of the new store's database (see client())."""
+    before = run_file(project)["run_id"]
+    (project / "mlflow.db").unlink()
+    shutil.rmtree(project / "mlruns")
+    result = run(SNAKEMAKE, project)
+    copy = tmp_path_factory.mktemp("new-store") / "mlflow.db"
+    shutil.copy(project / "mlflow.db", copy)
+    return before, result.stdout + result.stderr, copy
+
+
+def test_a_deleted_store_is_followed_by_a_new_run_and_one_warning(project, store_deleted):
+    before, output, store = store_deleted
+    warnings = [line for line in output.splitlines() if STALE in line]
+    assert warnings == [f"warning: results/mlflow/run.json names MLflow run {before}, which the store "
+                        f"sqlite:///mlflow.db {STALE}: starting a new MLflow run (every step that logs to it runs "
+                        "again)"], output[-3000:]
+    (new,) = pipeline_runs(project, store)
+    assert new.info.run_id == run_file(project)["run_id"] != before
+    assert new.info.status == "FINISHED"
+
+
+def test_the_registration_names_a_version_the_store_has(project, store_deleted):
+    registered = json.loads((project / "results/mlflow/registered_model.json").read_text())
+    version = client(store_deleted[2]).get_model_version(registered["name"], str(registered["version"]))
+    assert version.run_id == registered["run_id"] == run_file(project)["run_id"]
+    assert registered["version"] == 1, "a new store: its first version"
