@@ -76,6 +76,11 @@ def failed(project):
     return result, result.stdout + result.stderr
 
 
+@pytest.mark.reliability(
+    tried="The prepare notebook raises",
+    sees="the step fails; the message names logs/prepare_data.ipynb",
+    left="the executed notebook with the traceback and parameters in logs/",
+)
 def test_the_failed_notebook_is_kept_with_its_traceback(project, failed):
     result, output = failed
     assert result.returncode != 0
@@ -91,6 +96,11 @@ def test_the_failed_notebook_is_kept_with_its_traceback(project, failed):
     assert not (project / "results/notebooks/prepare.ipynb").exists()
 
 
+@pytest.mark.reliability(
+    tried="The prepare notebook raises (MLflow)",
+    sees="the MLflow run FAILED, tag pipeline.failed_step=prepare_data",
+    left="the FAILED run, kept",
+)
 def test_the_failed_run_is_marked_failed_naming_the_step(project, failed):
     _, output = failed
     (only,) = pipeline_runs(project)
@@ -108,6 +118,11 @@ def fixed(project, failed):
     return failed_run.info.run_id
 
 
+@pytest.mark.reliability(
+    tried="The rerun after fixing a failed notebook",
+    sees="a new FINISHED run; the failed one stays FAILED",
+    left="the kept notebook removed",
+)
 def test_the_rerun_after_the_fix_has_its_own_finished_run(project, fixed):
     runs = {found.info.run_id: found for found in pipeline_runs(project)}
     new = run_file(project)["run_id"]
@@ -119,6 +134,11 @@ def test_the_rerun_after_the_fix_has_its_own_finished_run(project, fixed):
     assert not (project / KEPT).exists(), "the evidence of the earlier failure is gone once the step succeeded"
 
 
+@pytest.mark.reliability(
+    tried="The MLflow store loses the run while a step runs",
+    sees="the step says the run is not in the store",
+    left="no stale results/mlflow/run.json",
+)
 def test_a_step_whose_run_left_the_store_retires_the_run_file(project, fixed, tmp_path):
     """The store lost the run while the pipeline ran: the failing step's handler (the command the rules run) says
     so and removes the run file, so that the next run starts a new MLflow run."""
@@ -142,6 +162,11 @@ def package_module(project: Path, name: str):
     return module
 
 
+@pytest.mark.reliability(
+    tried="A replaced MLflow store, or a registered version deleted from it",
+    sees="one warning before planning; the stale record is retired",
+    left="nothing stale: a new run or registration follows",
+)
 def test_what_the_store_does_not_have_is_retired_before_planning(project, fixed, tmp_path, monkeypatch):
     """What the workflow asks before planning (workflow/lib/smkml/mlflow_store.py), on copies of the records: the
     project's store has the run and the version (nothing retired); a copy of it where the version was deleted (in
@@ -194,6 +219,11 @@ def store_deleted(project, fixed, tmp_path_factory):
     return before, result.stdout + result.stderr, copy
 
 
+@pytest.mark.reliability(
+    tried="The MLflow store deleted after a run",
+    sees="one warning line; the rerun makes a new FINISHED run",
+    left="a new store",
+)
 def test_a_deleted_store_is_followed_by_a_new_run_and_one_warning(project, store_deleted):
     before, output, store = store_deleted
     warnings = [line for line in output.splitlines() if STALE in line]
@@ -205,6 +235,11 @@ def test_a_deleted_store_is_followed_by_a_new_run_and_one_warning(project, store
     assert new.info.status == "FINISHED"
 
 
+@pytest.mark.reliability(
+    tried="The MLflow store deleted after a run (registry)",
+    sees="registered_model.json names a version that exists",
+    left="a new registration",
+)
 def test_the_registration_names_a_version_the_store_has(project, store_deleted):
     registered = json.loads((project / "results/mlflow/registered_model.json").read_text())
     version = client(store_deleted[2]).get_model_version(registered["name"], str(registered["version"]))

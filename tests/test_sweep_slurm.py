@@ -130,6 +130,11 @@ def packed_sweep(slurm_cluster, tmp_path_factory):
     return project, slurm_cluster, since, first.returncode, output, killed, before, again
 
 
+@pytest.mark.reliability(
+    tried="A sweep member's training killed inside a packed Slurm job",
+    sees="that member fails alone; its pack's job fails at the end; the others finish",
+    left="the finished members; the rerun trains only the failed one",
+)
 def test_a_failed_member_fails_only_itself_and_the_rerun_trains_only_it(packed_sweep):
     project, cluster, since, first_rc, output, (pack, member), before, again = packed_sweep
     assert first_rc != 0, output[-3000:]  # the pack with the failed member failed the first run
