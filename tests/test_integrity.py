@@ -71,7 +71,7 @@ def mlflow_tags(path: Path) -> dict[str, str]:
 def test_a_failed_cluster_run_keeps_the_local_results(project):
     """Local run, then `snakemake --profile profiles/slurm` without Slurm: where steps run is provenance, not a
     reason to rerun, so there is nothing to submit; a `make cluster` (the project's LUMI profile) that does have
-    work (a sweep member to train) fails at its first Slurm job. The local results are untouched and the local
+    work (a sweep member to train, in a pack job) fails at its first Slurm job. The local results are untouched and the local
     profile has nothing to do."""
     before = snapshot(project)
     same = without_slurm(["snakemake", "--profile", "profiles/slurm"], project)
@@ -87,7 +87,7 @@ def test_a_failed_cluster_run_keeps_the_local_results(project):
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0, output[-3000:]
     # The plugin's first call to Slurm fails: checking the account (sacctmgr, sshare), or sbatch itself.
-    assert "Error in rule train_member" in output, output[-3000:]
+    assert "Error in rule train_pack" in output, output[-3000:]  # the member, packed as the lumi profile packs
     assert "Job submission failed" in output or "SLURM sbatch failed" in output, output[-3000:]
     assert "Executing notebooks/prepare.ipynb" not in output and "Training with" not in output
 
