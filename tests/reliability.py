@@ -32,9 +32,9 @@ def cell(text: object) -> str:
 
 
 def code(text: str) -> str:
+    """Markdown inline code (double backticks around text that holds one)."""
     text = cell(text)
-    fence = "``" if "`" in text else "`"
-    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def rows(items) -> list[dict[str, str]]:
