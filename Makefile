@@ -22,8 +22,11 @@ demo: env
 	cookiecutter --no-input --output-dir $(DEMO_DIR) $(CURDIR)
 	$(MAKE) --no-print-directory -C $(DEMO_PROJECT) run
 
+# Two pytest-xdist workers by default (CI has 2 cores; the suite waits on Slurm and downloads much of the time);
+# tests/scheduling.py keeps the mini-LUMI tests and each module's shared fixtures on one worker. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: env
-	python -m pytest
+	python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 env: $(STAMP)
 

@@ -103,6 +103,9 @@ def generate(output_dir: Path, template: str | Path = TEMPLATE_DIR, **answers: s
 def pytest_configure(config):
     """pytest-cookies bakes this template, wherever pytest is started from."""
     config.option.template = str(TEMPLATE_DIR)
+    import scheduling  # how `make test` shares the tests between pytest-xdist workers
+
+    config.pluginmanager.register(scheduling, "smkml-scheduling")
 
 
 @pytest.fixture(scope="session")

@@ -79,13 +79,9 @@ def ensure_installed(timeout: int = 900) -> None:
             f"Slurm test cluster needs {', '.join(missing)}; install the Debian packages "
             f"{' '.join(PACKAGES)} (apt-get install {' '.join(PACKAGES)}) or run the tests as root"
         )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-            )
+    from system_packages import apt_install
+
+    apt_install(PACKAGES, timeout=timeout)
     still_missing = _missing_programs()
     if still_missing:
         raise RuntimeError(f"after installing {' '.join(PACKAGES)} still missing: {', '.join(still_missing)}")

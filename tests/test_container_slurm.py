@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from conftest import generate, run
+from system_packages import apt_install
 from test_slurm_pipeline import ACCOUNT, cluster_env, configure, sacct
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
@@ -37,10 +38,7 @@ def ensure_charliecloud() -> None:
         return
     if os.geteuid() != 0:
         pytest.fail(f"container tests need ch-run and mmdebstrap: apt-get install {' '.join(CONTAINER_PACKAGES)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *CONTAINER_PACKAGES]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    apt_install(CONTAINER_PACKAGES)
 
 
 def build_image(project: Path) -> tuple[Path, str]:

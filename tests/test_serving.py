@@ -160,10 +160,9 @@ def ensure_podman() -> None:
         return
     if os.geteuid() != 0:
         pytest.fail("the serving test needs podman, runc and catatonit: apt-get install podman runc catatonit")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "podman", "runc", "catatonit"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
+    from system_packages import apt_install
+
+    apt_install(["podman", "runc", "catatonit"])
 
 
 def podman(*args: str, conf: Path, check: bool = True, timeout: int = 900, stdin=None) -> subprocess.CompletedProcess:

@@ -183,14 +183,13 @@ int main(int argc, char **argv) {
 def mpich_compiler() -> str:
     """MPICH's compiler wrapper (Debian's libmpich-dev, installed next to Open MPI when missing; root only)."""
     import shutil
-    import subprocess
 
     if not shutil.which("mpicc.mpich"):
         if os.geteuid() != 0:
             pytest.skip("MPICH is not installed (apt-get install libmpich-dev)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "libmpich-dev"]):
-            subprocess.run(command, env=env, capture_output=True, timeout=600, check=True)
+        from system_packages import apt_install
+
+        apt_install(["libmpich-dev"], timeout=600)
     return shutil.which("mpicc.mpich")
 
 

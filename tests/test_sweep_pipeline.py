@@ -14,6 +14,8 @@ import yaml
 from conftest import generate, project_helper, run
 from test_pipeline_e2e import embedded_files
 
+pytestmark = pytest.mark.e2e
+
 # Small and quick: one rank, one epoch, no checkpoints; 2 learning rates x 2 seeds = 4 members.
 SMALL_TRAIN = {
     "processes": 1,
