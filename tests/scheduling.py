@@ -36,7 +36,8 @@ def group_of(item: pytest.Item) -> tuple[int, str | None]:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    # xdist's workers see dist "no" and loadgroup True (xdist/remote.py setup_config); the controller the option.
+    if not (getattr(config.option, "loadgroup", False) or getattr(config.option, "dist", "no") == "loadgroup"):
         return
     ranked = []
     for index, item in enumerate(items):
