@@ -13,14 +13,25 @@ stay together stays together:
 Units are handed out in the order below (longest first, so that short tests fill the end): the mini-LUMI group, then
 the modules that run whole pipelines (marker `e2e`), then the other shared-fixture modules, then single tests. A
 serial run (`pytest` without `-n`) keeps pytest's order.
+
+How: each worker works out the groups from its collected tests (fixtures and markers are only known there) and
+writes them to a file the controller gave it; the controller's scheduler (xdist's load-scope scheduler, which hands
+out whole units) reads them. xdist's own `xdist_group` marks cannot be used: pytest-xdist 3.8 renames the test ids
+through `item._nodeid`, which pytest 9.2 no longer reads, so its groups are silently ignored.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 SHARED_SCOPES = {"module", "class", "package"}
 CLUSTER_GROUP = "mini-lumi"
+GROUPS_KEY = "smkml_groups_dir"
 
 
 def group_of(item: pytest.Item) -> tuple[int, str | None]:
@@ -34,15 +45,60 @@ def group_of(item: pytest.Item) -> tuple[int, str | None]:
     return 3, None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _loadgroup(config: pytest.Config) -> bool:
     # xdist's workers see dist "no" and loadgroup True (xdist/remote.py setup_config); the controller the option.
-    if not (getattr(config.option, "loadgroup", False) or getattr(config.option, "dist", "no") == "loadgroup"):
+    return bool(getattr(config.option, "loadgroup", False) or getattr(config.option, "dist", "no") == "loadgroup")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a worker: order the tests by rank (the same order in every worker) and write each one's group."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or GROUPS_KEY not in workerinput or not _loadgroup(config):
         return
-    ranked = []
-    for index, item in enumerate(items):
-        rank, group = group_of(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        ranked.append((rank, index, item))
-    items[:] = [item for _, _, item in sorted(ranked, key=lambda entry: entry[:2])]
+    ranked = sorted(((*group_of(item), index, item) for index, item in enumerate(items)),
+                    key=lambda entry: (entry[0], entry[2]))
+    items[:] = [item for _, _, _, item in ranked]
+    groups = {item.nodeid: group for _, group, _, item in ranked if group is not None}
+    target = Path(workerinput[GROUPS_KEY]) / f"{workerinput['workerid']}.json"
+    partial = target.with_suffix(".tmp")
+    partial.write_text(json.dumps(groups))
+    os.replace(partial, target)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """In the controller: where the worker writes its groups."""
+    config = node.config
+    if not hasattr(config, "_smkml_groups_dir"):
+        config._smkml_groups_dir = tempfile.mkdtemp(prefix="smkml-xdist-groups-")
+    node.workerinput[GROUPS_KEY] = config._smkml_groups_dir
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """Whole units to one worker; a unit is a group written by the workers, or one test."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for path in sorted(Path(config._smkml_groups_dir).glob("*.json")):
+                    self.groups.update(json.loads(path.read_text()))
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    directory = getattr(config, "_smkml_groups_dir", None)
+    if directory:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)

@@ -5,7 +5,7 @@
 # isolation hides the installed torch from the build. This script therefore:
 #   1. downloads the pinned sdist, 2. patches CMAKE_CXX_STANDARD 14 -> 17,
 #   3. builds a wheel without build isolation (so it compiles against the installed torch),
-#   4. caches the wheel keyed by Horovod version, torch version, Python tag and GPU variant,
+#   4. caches the wheel keyed by Horovod version, torch version, Python tag, GPU variant and build type,
 #   5. installs the wheel.
 # Containers (containers/*) call the same script, so laptops, CI and images build Horovod the same way.
 #
@@ -18,6 +18,7 @@
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
+BUILD_TYPE=Release # CMake build type (setup.py would use RelWithDebInfo); part of the wheel cache key
 gpu=cpu
 python=python
 cache="${HOROVOD_WHEEL_CACHE:-$HOME/.cache/cookiecutter-snakemake-ml/wheels}"
@@ -49,7 +50,7 @@ done
 torch_version=$("$python" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
   || die "PyTorch is not installed for '$python'; install the project's pinned torch first"
 py_tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-key="horovod-${HOROVOD_VERSION}_torch-${torch_version//+/_}_${py_tag}_${gpu}"
+key="horovod-${HOROVOD_VERSION}_torch-${torch_version//+/_}_${py_tag}_${gpu}_${BUILD_TYPE,,}"
 wheel_dir="$cache/$key"
 
 if "$python" -c "import horovod.torch, sys; import horovod; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null \
@@ -71,6 +72,10 @@ if [ -z "$wheel" ]; then
     grep -q 'CMAKE_CXX_STANDARD 14' "$f" || die "expected 'CMAKE_CXX_STANDARD 14' in $f (unexpected sdist)"
     sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$f"
   done
+  # Release instead of setup.py's fixed RelWithDebInfo: the same -O3 -DNDEBUG code without debug information,
+  # which makes compiling against the PyTorch headers much slower (docs/benchmarks.md, set-up time).
+  grep -q "else 'RelWithDebInfo'" "$src/setup.py" || die "expected the RelWithDebInfo build type in $src/setup.py"
+  sed -i "s/else 'RelWithDebInfo'/else '$BUILD_TYPE'/" "$src/setup.py"
   export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1
   if command -v mpicxx >/dev/null 2>&1; then export HOROVOD_WITH_MPI=1; else export HOROVOD_WITHOUT_MPI=1; fi
   case "$gpu" in
