@@ -245,3 +245,75 @@ def test_the_registration_names_a_version_the_store_has(project, store_deleted):
     version = client(store_deleted[2]).get_model_version(registered["name"], str(registered["version"]))
     assert version.run_id == registered["run_id"] == run_file(project)["run_id"]
     assert registered["version"] == 1, "a new store: its first version"
+
+
+# Every rule that logs to an MLflow run marks that run FAILED, naming itself, when its command fails. Rules that
+# take a run file but do not log to that run: start_member (it creates the member's run from the parent: a failure
+# leaves no member run) and train_pack (each member's commands inside the pack mark the member's own run; see
+# smkml/sweep.py member_script).
+LOGS_ELSEWHERE = {"start_member", "train_pack"}
+
+
+def test_every_rule_that_logs_to_a_run_marks_it_failed_when_it_fails(template_dir):
+    rules = {}
+    for path in sorted((template_dir / "rules_lib/rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
+            name = re.match(r"rule (\w+):", block)
+            if name and re.search(r"^\s+(run|parent)=", block, re.M) and "shell:" in block:
+                rules[name.group(1)] = block
+    assert {"prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model",
+            "aggregate_sweep", "register_best_member"} <= set(rules), sorted(rules)
+    for name, block in rules.items():
+        if name in LOGS_ELSEWHERE:
+            continue
+        assert re.search(rf"tracking fail .*--step {name}\b", block.replace('"\n        "', "")), name
+
+
+@pytest.fixture(scope="module")
+def evaluation_failed(project, store_deleted, tmp_path_factory):
+    """A step after training fails: evaluation, here because matplotlib refuses the environment's plotting backend
+    (MPLBACKEND left over from another tool). Returns the run id, the output and a copy of the store's database."""
+    run_id = run_file(project)["run_id"]
+    result = run([*SNAKEMAKE, "--forcerun", "evaluate_model"], project, check=False, MPLBACKEND="no-such-backend")
+    copy = tmp_path_factory.mktemp("evaluation-failed") / "mlflow.db"
+    shutil.copy(project / "mlflow.db", copy)
+    return run_id, result, copy
+
+
+@pytest.mark.reliability(
+    tried="A step after training fails (evaluation)",
+    sees="the step's error; the MLflow run FAILED, tag pipeline.failed_step=evaluate_model",
+    left="the run, kept with its model (results/mlflow/run.json stays)",
+)
+def test_a_failed_evaluation_marks_the_run_failed_and_keeps_it(project, evaluation_failed):
+    run_id, result, store = evaluation_failed
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Error in rule evaluate_model" in output, output[-3000:]
+    assert "no-such-backend" in (project / "logs/evaluate_model.log").read_text()
+    assert f"MLflow run {run_id} is marked FAILED (pipeline.failed_step=evaluate_model)" in output, output[-3000:]
+    found = client(store).get_run(run_id)
+    assert found.info.status == "FAILED" and found.data.tags["pipeline.failed_step"] == "evaluate_model"
+    assert run_file(project)["run_id"] == run_id, "the run holds the model: the rerun logs into it"
+    assert not (project / "results/metrics.json").exists()
+
+
+@pytest.mark.reliability(
+    tried="The rerun after a failed evaluation",
+    sees="the same run FINISHED; pipeline.previous_failed_step=evaluate_model",
+    left="metrics, a new registered version",
+)
+def test_the_rerun_after_a_failed_evaluation_finishes_the_same_run(project, evaluation_failed, tmp_path):
+    run_id, _, _ = evaluation_failed
+    rerun = run(SNAKEMAKE, project)
+    output = rerun.stdout + rerun.stderr
+    assert "(Rule: evaluate_model)" in output, output[-3000:]
+    assert "(Rule: train_model)" not in output and "(Rule: prepare_data)" not in output
+    store = tmp_path / "mlflow.db"
+    shutil.copy(project / "mlflow.db", store)
+    found = client(store).get_run(run_id)
+    assert found.info.status == "FINISHED"
+    assert "pipeline.failed_step" not in found.data.tags
+    assert found.data.tags["pipeline.previous_failed_step"] == "evaluate_model"
+    assert "test_accuracy" in found.data.metrics and (project / "results/metrics.json").is_file()
+    registered = json.loads((project / "results/mlflow/registered_model.json").read_text())
+    assert registered["run_id"] == run_id

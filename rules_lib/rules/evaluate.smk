@@ -39,4 +39,5 @@ rule evaluate_model:
         "--metrics {output.metrics:q} --table {output.table:q} "
         "--confusion-plot {output.confusion:q} --history {input.history:q} "
         "--curves-plot {output.curves:q} --predictions {output.predictions:q} "
-        "--run-file {input.run:q} > {log:q} 2>&1"
+        "--run-file {input.run:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
+        "--run-file {input.run:q} --step evaluate_model >> {log:q} 2>&1; exit 1)"

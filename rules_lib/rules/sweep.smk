@@ -319,7 +319,8 @@ rule aggregate_sweep:
         "python -m {params.package:q}.sweep {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
         "--html {output.html:q} --plot {output.plot:q} --best {output.best:q} "
-        "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1"
+        "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1 || (python -m "
+        "{params.package:q}.tracking fail --run-file {input.parent:q} --step aggregate_sweep >> {log:q} 2>&1; exit 1)"
 
 
 rule register_best_member:
@@ -342,7 +343,8 @@ rule register_best_member:
         "Registering the best sweep member's model as a new version of {params.name}"
     shell:
         "python -m {params.package:q}.tracking register --best {input.best:q} --name {params.name:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--out {output:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail --run-file {input.parent:q} "
+        "--step register_best_member >> {log:q} 2>&1; exit 1)"
 
 
 # Adaptive search (sweep.search): round R asks the study for its trials once every earlier trial has been evaluated

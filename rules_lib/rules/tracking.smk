@@ -78,7 +78,8 @@ rule record_provenance:
         "Recording provenance (git, data, lockfile, container, Slurm jobs) on the run and in the report"
     shell:
         "python -m {params.package:q}.provenance --config {params.config:q} --run-file {input.run:q} "
-        "--out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1"
+        "--out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking "
+        "fail --run-file {input.run:q} --step record_provenance >> {log:q} 2>&1; exit 1)"
 
 
 rule register_model:
@@ -102,4 +103,5 @@ rule register_model:
         "Registering the trained model as a new version of {params.name} in the MLflow model registry"
     shell:
         "python -m {params.package:q}.tracking register --run-file {input.run:q} --name {params.name:q} "
-        "--metrics {input.metrics:q} --provenance {input.provenance:q} --out {output:q} > {log:q} 2>&1"
+        "--metrics {input.metrics:q} --provenance {input.provenance:q} --out {output:q} > {log:q} 2>&1 || (python -m "
+        "{params.package:q}.tracking fail --run-file {input.run:q} --step register_model >> {log:q} 2>&1; exit 1)"

@@ -18,6 +18,10 @@ from pathlib import Path
 from .redaction import MASK, redact_uri
 
 SLURM_TAG = "slurm.job_id."
+# Set by `tracking fail` on the run a step failed in; a later step that logs into the same run again (the rerun after
+# the fix) moves it to PREVIOUS_FAILED_STEP_TAG, so a FINISHED run never names a failing step as if it still failed.
+FAILED_STEP_TAG = "pipeline.failed_step"
+PREVIOUS_FAILED_STEP_TAG = "pipeline.previous_failed_step"
 
 
 def slurm_job_tag(step: str) -> dict[str, str]:
@@ -52,11 +56,16 @@ def tracking_uri(info: dict) -> str:
 @contextmanager
 def resume(run_file: str | Path, step: str | None = None):
     """Log into the pipeline's run (created by `tracking start`). Inside a Slurm job the step's job id becomes a tag
-    `slurm.job_id.<step>` (step: the module that logs, e.g. `train`, unless named)."""
+    `slurm.job_id.<step>` (step: the module that logs, e.g. `train`, unless named). A run marked FAILED by an earlier
+    attempt is RUNNING again (MLflow), and FINISHED when the step ends; its failed step becomes the previous one."""
     import mlflow
 
     info = read_run_file(run_file)
     mlflow.set_tracking_uri(tracking_uri(info))
     with mlflow.start_run(run_id=info["run_id"]) as run:
+        failed = run.data.tags.get(FAILED_STEP_TAG)
+        if failed:
+            mlflow.set_tag(PREVIOUS_FAILED_STEP_TAG, failed)
+            mlflow.MlflowClient().delete_tag(run.info.run_id, FAILED_STEP_TAG)
         mlflow.set_tags(slurm_job_tag(step or Path(sys.argv[0]).stem))
         yield run

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from . import provenance
-from .pipeline_run import read_run_file, resume, slurm_job_tag, tracking_uri
+from .pipeline_run import FAILED_STEP_TAG, read_run_file, resume, slurm_job_tag, tracking_uri
 from .redaction import redact, redact_uri
 
 
@@ -85,9 +85,6 @@ def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, pa
 
 
 # The tag naming the step that failed, on a run marked FAILED.
-FAILED_STEP_TAG = "pipeline.failed_step"
-
-
 def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = False) -> str:
     """Mark the run FAILED, with the failing step as tag `pipeline.failed_step`, so the MLflow UI shows what broke
     (a sweep member among its siblings, the pipeline's run). With `new_run` (a step before the run holds its model:
