@@ -221,6 +221,36 @@ def per_step(samples: list[dict], members: int) -> dict[str, float]:
     return {rule: round(statistics.median(values), 3) for rule, values in totals.items() if rule != "all"}
 
 
+def summary(samples: dict[str, list[dict]], members: dict) -> tuple[list[dict], dict, dict, set[str]]:
+    """The figures (per member and ratios, each ratio within a repeat), each side's seconds per member by step, the
+    members whose metric differs between runs, and how training ran."""
+    m = len(members)
+    a = [s["seconds"] for s in samples["A"]]
+    b = [s["seconds"] for s in samples["B"]]
+    a_once = [seconds_of(s["jobs"], ONCE_PER_SWEEP) for s in samples["A"]]
+    b_prep = [seconds_of(s["jobs"], PREPARATION) for s in samples["B"]]
+    b_books = [seconds_of(s["jobs"], SINGLE_BOOKKEEPING) for s in samples["B"]]
+    per = lambda values: [v / m for v in values]  # noqa: E731
+    figures = [
+        figure("A: sweep, per member", per(a), "s", None),
+        figure("B: one by one, per member", per(b), "s", None),
+        figure("A: its once-per-sweep steps (aggregate, register best), per member", per(a_once), "s", None),
+        figure("B: its prepare_data reruns, per member", per(b_prep), "s", None),
+        figure("ratio A / B", [x / y for x, y in zip(a, b)], "ratio", None),
+        figure("ratio A / (B without prepare_data)", [x / (y - p) for x, y, p in zip(a, b, b_prep)], "ratio", TARGET),
+        figure("ratio (A without once-per-sweep steps) / (B without prepare_data)",
+               [(x - o) / (y - p) for x, o, y, p in zip(a, a_once, b, b_prep)], "ratio", None),
+        figure("ratio A / (B without prepare_data, record_provenance, register_model)",
+               [x / (y - p - k) for x, y, p, k in zip(a, b, b_prep, b_books)], "ratio", None),
+    ]
+    steps = {"A": per_step(samples["A"], m), "B": per_step(samples["B"], m)}
+    runs = samples["A"] + samples["B"]
+    mismatched = {member: (samples["A"][0]["metrics"][member], samples["B"][0]["metrics"][member])
+                  for member in members if len({s["metrics"][member] for s in runs}) > 1}
+    training = {line for s in runs for line in s["training"].values()}
+    return figures, steps, mismatched, training
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> None:
     env = base_environment()
     machine = machine_info(env)
@@ -256,29 +286,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     machine["loadavg_end"] = list(os.getloadavg())
 
     m = args.members
-    a = [s["seconds"] for s in samples["A"]]
-    b = [s["seconds"] for s in samples["B"]]
-    a_once = [seconds_of(s["jobs"], ONCE_PER_SWEEP) for s in samples["A"]]
-    b_prep = [seconds_of(s["jobs"], PREPARATION) for s in samples["B"]]
-    b_books = [seconds_of(s["jobs"], SINGLE_BOOKKEEPING) for s in samples["B"]]
-    per = lambda values: [v / m for v in values]  # noqa: E731
-    figures = [
-        figure("A: sweep, per member", per(a), "s", None),
-        figure("B: one by one, per member", per(b), "s", None),
-        figure("A: its once-per-sweep steps (aggregate, register best), per member", per(a_once), "s", None),
-        figure("B: its prepare_data reruns, per member", per(b_prep), "s", None),
-        figure("ratio A / B", [x / y for x, y in zip(a, b)], "ratio", None),
-        figure("ratio A / (B without prepare_data)", [x / (y - p) for x, y, p in zip(a, b, b_prep)], "ratio", TARGET),
-        figure("ratio (A without once-per-sweep steps) / (B without prepare_data)",
-               [(x - o) / (y - p) for x, o, y, p in zip(a, a_once, b, b_prep)], "ratio", None),
-        figure("ratio A / (B without prepare_data, record_provenance, register_model)",
-               [x / (y - p - k) for x, y, p, k in zip(a, b, b_prep, b_books)], "ratio", None),
-    ]
-    steps = {"A": per_step(samples["A"], m), "B": per_step(samples["B"], m)}
-    runs = samples["A"] + samples["B"]
-    mismatched = {member: (samples["A"][0]["metrics"][member], samples["B"][0]["metrics"][member])
-                  for member in members if len({s["metrics"][member] for s in runs}) > 1}
-    training = {line for s in runs for line in s["training"].values()}
+    figures, steps, mismatched, training = summary(samples, members)
 
     print()
     print(f"Sweep overhead: {m} members, {args.repeats} repeat(s), training {SMALL_TRAINING}")

@@ -74,3 +74,21 @@ def test_each_side_must_run_its_own_jobs(overhead):
         overhead.check_jobs([*single, ("train_member", 1.0)], overhead.SINGLE_JOBS, set(), "B")
     with pytest.raises(overhead.BenchmarkError, match="expected"):
         overhead.check_jobs(single[:2], overhead.SINGLE_JOBS, {"train_model"}, "B")
+
+
+def test_summary_takes_each_ratio_within_a_repeat(overhead):
+    def sample(seconds, jobs, accuracy=0.9):
+        return {"seconds": seconds, "jobs": jobs, "metrics": {"m1": accuracy, "m2": 0.8}, "training": {"m1": "t"}}
+
+    a = [("train_member", 4.0), ("train_member", 4.0), ("aggregate_sweep", 2.0)]
+    b = [("prepare_data", 5.0), ("train_model", 4.0), ("register_model", 1.0)] * 2
+    samples = {"A": [sample(20.0, a), sample(24.0, a)], "B": [sample(40.0, b), sample(30.0, b, accuracy=0.7)]}
+    figures, steps, mismatched, training = overhead.summary(samples, {"m1": {}, "m2": {}})
+    medians = {f["name"]: f["median"] for f in figures}
+    assert medians["A: sweep, per member"] == 11.0 and medians["B: one by one, per member"] == 17.5
+    assert medians["ratio A / B"] == pytest.approx((20 / 40 + 24 / 30) / 2, abs=1e-4)
+    assert medians["ratio A / (B without prepare_data)"] == pytest.approx((20 / 30 + 24 / 20) / 2, abs=1e-4)
+    target = next(f for f in figures if f["target"] is not None)
+    assert target["name"] == "ratio A / (B without prepare_data)" and target["target"] == 1.10
+    assert steps["A"]["aggregate_sweep"] == 1.0 and steps["B"]["prepare_data"] == 5.0
+    assert mismatched == {"m1": (0.9, 0.9)} and training == {"t"}
