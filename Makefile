@@ -9,7 +9,7 @@ DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env system-deps docs bench bench-slurm bench-sweep reliability-table clean
+.PHONY: demo test env system-deps docs bench bench-slurm bench-sweep bench-sweep-overhead reliability-table clean
 
 # A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
@@ -64,6 +64,10 @@ bench-slurm: env
 # become (counted from the dry run; no cluster needed).
 bench-sweep: env
 	python benchmarks/sweep_dag.py
+
+# A sweep's time per member against training the same members one by one with the single-run pipeline (local profile).
+bench-sweep-overhead: env
+	python benchmarks/sweep_overhead.py
 
 # docs/reliability.md from the tests' reliability markers (tests/reliability.py).
 reliability-table: env

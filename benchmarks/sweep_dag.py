@@ -48,18 +48,22 @@ TARGET_RATIO = 12.0
 TARGET_SUBMISSIONS = 20
 
 
-def sweep_file(project: Path, members: int, per_job: int | None) -> Path:
-    """A config file with a sweep of `members` random members (and, with per_job, the cluster's packing)."""
-    extra = {
-        "sweep": {
-            "random": {
-                "count": members,
-                "seed": 0,
-                "space": {"learning_rate": {"low": 0.0001, "high": 0.1, "log": True},
-                          "dropout": {"low": 0.0, "high": 0.5}},
-            }
+def random_sweep(members: int) -> dict:
+    """Config `sweep:` of `members` random members over learning rate and dropout: every member has values of its own
+    (also used by sweep_overhead.py)."""
+    return {
+        "random": {
+            "count": members,
+            "seed": 0,
+            "space": {"learning_rate": {"low": 0.0001, "high": 0.1, "log": True},
+                      "dropout": {"low": 0.0, "high": 0.5}},
         }
     }
+
+
+def sweep_file(project: Path, members: int, per_job: int | None) -> Path:
+    """A config file with a sweep of `members` random members (and, with per_job, the cluster's packing)."""
+    extra = {"sweep": random_sweep(members)}
     name = f"sweep-{members}.yaml"
     if per_job is not None:
         cluster = yaml.safe_load((project / "profiles/lumi/cluster.yaml").read_text())
