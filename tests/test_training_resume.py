@@ -28,7 +28,10 @@ from conftest import command_env, generate, project_helper, run
 pytestmark = pytest.mark.e2e
 
 CHECKPOINT = "results/checkpoints/train_model/checkpoint.pt"
-EVERY = 50  # steps; the demo trains 30 epochs x 22 steps = 660 steps
+EVERY = 50  # steps
+# Shorter than the demo (30 epochs) to keep the suite quick; 22 steps per epoch with the demo data and 2 ranks.
+EPOCHS = 12
+STEPS = EPOCHS * 22
 
 
 def weights(path):
@@ -97,6 +100,8 @@ def project(request, tmp_path_factory):
     config = path / "config/config.yaml"
     text, count = re.subn(r"checkpoint_every: \d+", f"checkpoint_every: {EVERY}", config.read_text())
     assert count == 1
+    text, count = re.subn(r"epochs: \d+", f"epochs: {EPOCHS}", text)
+    assert count == 1
     config.write_text(text)
     run(["snakemake", "--profile", "profiles/local"], path)
     reference = {
@@ -110,7 +115,7 @@ def project(request, tmp_path_factory):
 def test_a_finished_run_leaves_no_checkpoint_behind(project):
     _, path, reference = project
     assert reference["history"]["resumed_from_step"] == 0
-    assert "checkpoint at step 50/660" in (path / "logs/train_model.log").read_text()
+    assert f"checkpoint at step 50/{STEPS}" in (path / "logs/train_model.log").read_text()
     assert not (path / CHECKPOINT).exists()
 
 
@@ -143,10 +148,10 @@ def test_killed_training_resumes_to_the_same_result(project):
     rerun = run(["snakemake", "--profile", "profiles/local"], path)
     assert "(Rule: train_model)" in rerun.stdout + rerun.stderr
     log = (path / "logs/train_model.log").read_text()
-    match = re.search(r"resuming from checkpoint step (\d+)/660", log)
+    match = re.search(rf"resuming from checkpoint step (\d+)/{STEPS}", log)
     assert match, log[-3000:]
     step = int(match.group(1))
-    assert 0 < step < 660 and step % EVERY == 0
+    assert 0 < step < STEPS and step % EVERY == 0
     # Exactly the uninterrupted run: every epoch's loss and accuracy, every weight, the held-out metrics.
     history = assert_same_as_uninterrupted(path / "results/model", reference)
     assert history["resumed_from_step"] == step
@@ -191,7 +196,7 @@ def test_resumes_after_the_whole_workflow_was_killed(project):
     run(["snakemake", "--unlock"], path)
     run(["snakemake", "--profile", "profiles/local"], path)
     log = (path / "logs/train_model.log").read_text()
-    assert re.search(r"resuming from checkpoint step [1-9]\d*/660", log), log[-3000:]
+    assert re.search(rf"resuming from checkpoint step [1-9]\d*/{STEPS}", log), log[-3000:]
     assert_same_as_uninterrupted(path / "results/model", reference)
     assert not (path / CHECKPOINT).exists()
 
@@ -222,7 +227,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
     try:
         for line in launcher.stdout:
             lines.append(line)
-            if "epoch   3/30" in line:
+            if f"epoch   3/{EPOCHS}" in line:
                 launcher.send_signal(signal.SIGTERM)  # to the launcher only: it passes it on to the ranks
                 break
         lines.append(launcher.communicate(timeout=120)[0])
@@ -234,11 +239,11 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
     match = re.search(r"SIGTERM: stopped at step (\d+) on request", output)
     assert match, output[-3000:]
     step = int(match.group(1))
-    assert step % 10 == 0 and 0 < step < 660
+    assert step % 10 == 0 and 0 < step < STEPS
     assert (tmp_path / "checkpoints" / "checkpoint.pt").is_file()
     assert not (tmp_path / "model" / "model.pt").exists()
 
     rerun = run(command, path, PYTHONPATH=str(path / "src"))
-    assert f"resuming from checkpoint step {step}/660" in rerun.stdout + rerun.stderr
+    assert f"resuming from checkpoint step {step}/{STEPS}" in rerun.stdout + rerun.stderr
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert history["history"] == reference["history"]["history"]
