@@ -704,11 +704,34 @@ StorageLoc=slurm_acct_db
 
     def _start_slurmds(self) -> None:
         for node in NODES:
-            command = [self._bin("slurmd"), "-D", "-N", node]
-            if self.network is not None:
-                command = self.network.wrap(node, self.conf_dir / "hosts", command)
-            self._start_daemon(f"slurmd-{node}", command)
+            self._start_slurmd(node)
         self._wait(self._nodes_idle, "both nodes idle in sinfo", self.start_timeout)
+
+    def _start_slurmd(self, node: str) -> subprocess.Popen:
+        command = [self._bin("slurmd"), "-D", "-N", node]
+        if self.network is not None:
+            command = self.network.wrap(node, self.conf_dir / "hosts", command)
+        return self._start_daemon(f"slurmd-{node}", command)
+
+    def kill_slurmd(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` (default SIGKILL: a crash) to the slurmd of `node` and wait until it is gone. Only that daemon:
+        its job steps (slurmstepd and their tasks) keep running, the node keeps its network namespace, and slurmctld
+        notices nothing until its next ping (SlurmdTimeout). :meth:`start_slurmd` starts it again."""
+        proc = self._procs.pop(f"slurmd-{node}")
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:  # pragma: no cover
+            pass
+        proc.wait(timeout=30)
+
+    def start_slurmd(self, node: str, timeout: float = 60) -> None:
+        """Start the slurmd of `node` again (after :meth:`kill_slurmd`), in the node's namespace as at cluster start,
+        and wait until it answers on its port at the node's address."""
+        if self._alive(f"slurmd-{node}"):
+            raise RuntimeError(f"slurmd of {node} is already running")
+        self._start_slurmd(node)
+        port = self.ports[node]
+        self._wait(lambda: _port_open(port, self.node_address(node)), f"slurmd of {node} on port {port}", timeout)
 
     def _nodes_idle(self) -> bool:
         result = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False, timeout=15)
