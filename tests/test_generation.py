@@ -229,7 +229,8 @@ def test_git_and_dvc_state(project):
     assert len(run(["git", "log", "--oneline"], path).stdout.splitlines()) == 1
     tracked = run(["git", "ls-files"], path).stdout.split()
     assert "data/raw/digits.csv.dvc" in tracked and "data/raw/digits.csv" not in tracked
-    remotes = run(["dvc", "remote", "list"], path).stdout
+    # DVC wraps its table at 80 columns when not on a terminal (a long remote path would be split): as in a wide one.
+    remotes = run(["dvc", "remote", "list"], path, COLUMNS="1000").stdout
     if answers["dvc_remote"] == "local":
         remote = path.parent / f"{path.name}-dvc-remote"
         assert str(remote) in remotes
