@@ -81,8 +81,8 @@ def test_each_node_has_its_own_network(slurm_cluster):
     assert lines == sorted([f"{address} reached", "127.0.0.1 unreachable", "nid001 nid001", "nid002 nid002"]), result.stdout
 
 
-def test_without_separate_networks_multi_node_tests_say_why_they_skip(tmp_path):
-    cluster = MiniLumi(tmp_path / "c")
+def test_without_separate_networks_multi_node_tests_say_why_they_skip(tmp_path_factory):
+    cluster = MiniLumi(tmp_path_factory.mktemp("c"))  # short: the cluster's unix sockets live under it
     cluster.isolation_problem = "one network namespace per node needs root (ip netns)"
     with pytest.raises(pytest.skip.Exception, match="mini-LUMI without separate node networks: one network namespace"):
         cluster.require_isolation()
