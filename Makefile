@@ -26,7 +26,7 @@ demo: env
 # tests/scheduling.py keeps the mini-LUMI tests and each module's shared fixtures on one worker. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 test: env
-	python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+	python -m pytest --durations=40 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 env: $(STAMP)
 
