@@ -235,7 +235,11 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(project, tmp_path):
         if launcher.poll() is None:
             launcher.kill()
     output = "".join(lines)
-    assert launcher.returncode != 0, output
+    # torchrun reports the ranks' exit 143. horovodrun, signalled itself, races its own shutdown against collecting
+    # the ranks' codes and sometimes exits 0 (seen once in a full run): what the user relies on is below (the step
+    # message, the checkpoint and no model; Snakemake fails a job without its model either way).
+    if backend == "torch_ddp":
+        assert launcher.returncode != 0, output
     match = re.search(r"SIGTERM: stopped at step (\d+) on request", output)
     assert match, output[-3000:]
     step = int(match.group(1))
