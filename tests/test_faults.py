@@ -40,6 +40,13 @@ def client(store: Path):
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}")
 
 
+def store_copy(project: Path, directory: Path) -> Path:
+    """A copy of the project's MLflow database in `directory`, to read under a name of its own (see client())."""
+    copy = directory / "mlflow.db"
+    shutil.copy(project / "mlflow.db", copy)
+    return copy
+
+
 def pipeline_runs(project: Path, store: Path | None = None) -> list:
     found = client(store or project)
     experiment = found.get_experiment_by_name(project.name)
@@ -214,9 +221,7 @@ def store_deleted(project, fixed, tmp_path_factory):
     (project / "mlflow.db").unlink()
     shutil.rmtree(project / "mlruns")
     result = run(SNAKEMAKE, project)
-    copy = tmp_path_factory.mktemp("new-store") / "mlflow.db"
-    shutil.copy(project / "mlflow.db", copy)
-    return before, result.stdout + result.stderr, copy
+    return before, result.stdout + result.stderr, store_copy(project, tmp_path_factory.mktemp("new-store"))
 
 
 @pytest.mark.reliability(
@@ -275,9 +280,7 @@ def evaluation_failed(project, store_deleted, tmp_path_factory):
     (MPLBACKEND left over from another tool). Returns the run id, the output and a copy of the store's database."""
     run_id = run_file(project)["run_id"]
     result = run([*SNAKEMAKE, "--forcerun", "evaluate_model"], project, check=False, MPLBACKEND="no-such-backend")
-    copy = tmp_path_factory.mktemp("evaluation-failed") / "mlflow.db"
-    shutil.copy(project / "mlflow.db", copy)
-    return run_id, result, copy
+    return run_id, result, store_copy(project, tmp_path_factory.mktemp("evaluation-failed"))
 
 
 @pytest.mark.reliability(
@@ -308,9 +311,7 @@ def test_the_rerun_after_a_failed_evaluation_finishes_the_same_run(project, eval
     output = rerun.stdout + rerun.stderr
     assert "(Rule: evaluate_model)" in output, output[-3000:]
     assert "(Rule: train_model)" not in output and "(Rule: prepare_data)" not in output
-    store = tmp_path / "mlflow.db"
-    shutil.copy(project / "mlflow.db", store)
-    found = client(store).get_run(run_id)
+    found = client(store_copy(project, tmp_path)).get_run(run_id)
     assert found.info.status == "FINISHED"
     assert "pipeline.failed_step" not in found.data.tags
     assert found.data.tags["pipeline.previous_failed_step"] == "evaluate_model"
