@@ -30,10 +30,10 @@ test: env
 
 env: $(STAMP)
 
-$(STAMP): requirements/dev.txt {{cookiecutter.project_slug}}/requirements.lock containers/horovod/build-horovod.sh
+# The environment is installed by the same script as a generated project's (uv, else pip; INSTALLER=pip: pip only).
+$(STAMP): requirements/dev.txt {{cookiecutter.project_slug}}/requirements.lock containers/horovod/build-horovod.sh rules_lib/lib/smkml/install_env.py
 	$(MAKE) --no-print-directory system-deps
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -r requirements/dev.txt
+	$(PYTHON) rules_lib/lib/smkml/install_env.py --venv $(VENV) -r requirements/dev.txt
 	bash containers/horovod/build-horovod.sh --python $(VENV)/bin/python
 	touch $@
 

@@ -114,6 +114,29 @@ def test_make_env_refuses_an_older_python_with_a_clear_message(projects, tmp_pat
     assert not (copy / ".venv").exists()
 
 
+def test_make_env_creates_the_locked_environment(projects, tmp_path):
+    """`make env` in a fresh shell, as the README says, on the default project: the whole lock with uv (given this
+    machine's pip settings), Horovod (from the wheel the template's own `make env` cached), the pre-commit hook;
+    then the reviewer's environment check passes and the pipeline's tools run from .venv."""
+    project, _ = next(iter(projects.values()))
+    copy = tmp_path / "p"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    result = subprocess.run(["make", "env"], cwd=copy, env=bare_env(), capture_output=True, text=True, timeout=1200)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "install_env: installing requirements.lock, . with uv" in output, output[-6000:]
+    assert "with pip" not in output
+    assert re.search(r"build-horovod: horovod 0\.28\.1 gloo: True mpi: True", output), output[-3000:]
+    venv = copy / ".venv/bin"
+    check = subprocess.run([str(venv / "python"), "-m", "digits_classifier.reproduce", "check-env", "--lock",
+                            "requirements.lock"], cwd=copy, env=bare_env(), capture_output=True, text=True)
+    assert check.returncode == 0 and "environment matches requirements.lock" in check.stdout, check.stdout + check.stderr
+    snakemake = subprocess.run([str(venv / "snakemake"), "--version"], capture_output=True, text=True, check=True)
+    locked = (copy / "requirements.lock").read_text()
+    assert f"snakemake=={snakemake.stdout.strip()}" in locked
+    assert (copy / ".git/hooks/pre-commit").exists()
+
+
 def stub(path: Path, text: str) -> None:
     path.write_text("#!/bin/bash\n" + text)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
