@@ -9,7 +9,7 @@ DEMO_PROJECT := $(DEMO_DIR)/digits-classifier
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env system-deps docs bench bench-slurm bench-sweep bench-sweep-overhead reliability-table clean
+.PHONY: demo test env system-deps docs bench bench-slurm bench-sweep bench-sweep-overhead bench-setup reliability-table clean
 
 # A previous demo (its project, results and MLflow store) is kept: moved aside to $(DEMO_DIR)-previous-<time>.
 demo: env
@@ -68,6 +68,11 @@ bench-sweep: env
 # A sweep's time per member against training the same members one by one with the single-run pipeline (local profile).
 bench-sweep-overhead: env
 	python benchmarks/sweep_overhead.py
+
+# A new user's set-up time: `make demo` in a fresh clone with empty caches, with uv and with pip, phase by phase
+# (about 16 min on 2 cores; the machine should be otherwise idle).
+bench-setup: env
+	python benchmarks/setup_time.py
 
 # docs/reliability.md from the tests' reliability markers (tests/reliability.py).
 reliability-table: env
