@@ -10,9 +10,12 @@ stay together stays together:
   module's order, so that fixture is built once;
 - every other test is a unit of its own.
 
-Units are handed out in the order below (longest first, so that short tests fill the end): the mini-LUMI group, then
-the modules that run whole pipelines (marker `e2e`), then the other shared-fixture modules, then single tests. A
-serial run (`pytest` without `-n`) keeps pytest's order.
+Units are handed out in the order below (longest first, so that short tests fill the end): the mini-LUMI group and
+the cold build of the project's container image (marker `image_build`: the first two units, so one worker each),
+then the modules that run whole pipelines (marker `e2e`), then the other shared-fixture modules, then single tests.
+Within the mini-LUMI group the tests that run the image (marker `container`) come last: by then the other worker
+has built it and they find it in the cache, instead of the cluster's worker building it (about 10 min cold) while
+its Slurm tests wait. A serial run (`pytest` without `-n`) keeps pytest's order.
 
 How: each worker works out the groups from its collected tests (fixtures and markers are only known there) and
 writes them to a file the controller gave it; the controller's scheduler (xdist's load-scope scheduler, which hands
@@ -38,11 +41,18 @@ def group_of(item: pytest.Item) -> tuple[int, str | None]:
     """(rank, group name) of one test: its place in the hand-out order and the unit it belongs to (None: alone)."""
     if "slurm_cluster" in item.fixturenames:
         return 0, CLUSTER_GROUP
+    if item.get_closest_marker("image_build"):
+        return 0, item.nodeid.split("::", 1)[0]
     fixtures = getattr(item, "_fixtureinfo", None)
     definitions = fixtures.name2fixturedefs.values() if fixtures else ()
     if any(d.scope in SHARED_SCOPES for defs in definitions for d in defs):
         return (1 if item.get_closest_marker("e2e") else 2), item.nodeid.split("::", 1)[0]
     return 3, None
+
+
+def uses_image_in_cluster(item: pytest.Item, group: str | None) -> bool:
+    """A mini-LUMI test that runs the container image: last in its group (the image is built beside it)."""
+    return group == CLUSTER_GROUP and item.get_closest_marker("container") is not None
 
 
 def _loadgroup(config: pytest.Config) -> bool:
@@ -57,7 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if workerinput is None or GROUPS_KEY not in workerinput or not _loadgroup(config):
         return
     ranked = sorted(((*group_of(item), index, item) for index, item in enumerate(items)),
-                    key=lambda entry: (entry[0], entry[2]))
+                    key=lambda entry: (entry[0], uses_image_in_cluster(entry[3], entry[1]), entry[2]))
     items[:] = [item for _, _, _, item in ranked]
     groups = {item.nodeid: group for _, group, _, item in ranked if group is not None}
     target = Path(workerinput[GROUPS_KEY]) / f"{workerinput['workerid']}.json"

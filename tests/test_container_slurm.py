@@ -15,41 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import generate, run
-from system_packages import apt_install
+from test_container_image import build_image, ensure_charliecloud
 from test_slurm_pipeline import ACCOUNT, cluster_env, configure, sacct
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
-
-CONTAINER_PACKAGES = ("charliecloud-runtime", "charliecloud-builders", "mmdebstrap")
-
-
-def ensure_charliecloud() -> None:
-    """ch-run and mmdebstrap from apt when missing (root only), as the Slurm cluster's packages are."""
-    if shutil.which("ch-run") and shutil.which("mmdebstrap"):
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"container tests need ch-run and mmdebstrap: apt-get install {' '.join(CONTAINER_PACKAGES)}")
-    apt_install(CONTAINER_PACKAGES)
-
-
-def build_image(project: Path) -> tuple[Path, str]:
-    """The project's Charliecloud image (built or reused from the cache) and the build script's messages."""
-    # With Horovod (the image serves both backends); otherwise the script follows config train.backend.
-    result = run(["bash", "containers/cpu/build-charliecloud.sh", "--backend", "horovod", "--python", sys.executable],
-                 project, timeout=1800,
-                 USER=os.environ.get("USER", "root"))
-    image = Path(result.stdout.strip().splitlines()[-1])
-    return image, result.stderr
-
 
 @pytest.fixture(scope="module")
 def container_run(slurm_cluster, tmp_path_factory):
@@ -82,37 +57,6 @@ def container_run(slurm_cluster, tmp_path_factory):
 
 def slurm_job_ids_all(project: Path, rule: str) -> list[str]:
     return [log.stem for log in (project / f"logs/slurm/rule_{rule}").rglob("*.log")]
-
-
-def test_image_records_its_build_inputs(container_run):
-    project, image, _, _, _ = container_run
-    assert (project / "containers/images/cpu").resolve() == image
-    # localhost resolves inside (rendezvous at localhost: torchrun --standalone, Gloo); ch-run brings no /etc/hosts.
-    assert "127.0.0.1 localhost" in (image / "etc/hosts").read_text()
-    assert str(image).startswith(str(Path.home() / ".cache/cookiecutter-snakemake-ml/images/digits-classifier-"))
-    meta = json.loads((image / "etc/smkml-image.json").read_text())
-    lock = (project / "requirements.lock").read_bytes()
-    assert meta["requirements_lock_sha256"] == hashlib.sha256(lock).hexdigest()
-    lab_lock = (project / "requirements-lab.lock").read_bytes()
-    assert meta["requirements_lab_lock_sha256"] == hashlib.sha256(lab_lock).hexdigest()
-    assert meta["base"].startswith("debian:bookworm")
-    assert meta["horovod_wheel"].startswith("horovod-0.28.1-cp311")
-    assert meta["project"] == "digits-classifier" and meta["project_dir"] == str(project)
-    assert meta["template_version"] == json.loads(Path(__file__).parents[1].joinpath("cookiecutter.json").read_text())[
-        "_template_version"]
-    assert (image / "opt/smkml/requirements.lock").read_bytes() == lock
-    assert (image / "opt/smkml/requirements-lab.lock").read_bytes() == lab_lock
-    assert list((image / "opt/venv/lib/python3.11/site-packages").glob("digits_classifier-0.1.0.dist-info"))
-
-
-def test_the_image_has_no_slurm_tools(container_run):
-    """As on LUMI: nothing inside the container may need scontrol, srun or squeue."""
-    _, image, _, _, _ = container_run
-    result = subprocess.run(["ch-run", str(image), "--", "sh", "-c", "command -v scontrol srun squeue sbatch; true"],
-                            capture_output=True, text=True, env={**os.environ, "USER": os.environ.get("USER", "root")},
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("backend", ["horovod", "torch_ddp"])
@@ -160,11 +104,3 @@ def test_provenance_records_the_image_that_ran(container_run):
     tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(info["run_id"]).data.tags
     assert tags["container.runtime"] == "charliecloud"
     assert tags["container.digest"] == prov["container"]["digest"]
-
-
-def test_second_build_reuses_the_cached_image(container_run):
-    project, image, _, _, _ = container_run
-    again, messages = build_image(project)
-    assert again == image
-    assert f"using cached image {image}" in messages
-    assert "using cached base image" in messages

@@ -7,7 +7,7 @@ over JupyterLab's own and a user's python3) and `make kernel`'s kernel is listed
 the environment `make lab` and `make kernel` say to run `make env`. `make kernel` writes a kernelspec (here into a temporary JUPYTER_DATA_DIR) whose
 argv starts ipykernel through the configured runtime: pinned word for word for LUMI's singularity; run for real with
 Charliecloud, where papermill executes the project's own notebook on that kernel in the image built by the project's
-containers/cpu/build-charliecloud.sh (the image and cache test_container_slurm.py uses), and the executed notebook
+containers/cpu/build-charliecloud.sh (the image and cache test_container_image.py builds), and the executed notebook
 shows the image's Python, package versions and build record.
 """
 
@@ -196,10 +196,10 @@ def output_text(output: dict) -> str:
 
 @pytest.mark.container
 def test_kernel_runs_the_project_notebook_inside_the_image(project, tmp_path):
-    from test_container_slurm import build_image, ensure_charliecloud
+    from test_container_image import build_image, ensure_charliecloud
 
     ensure_charliecloud()
-    image, _ = build_image(project)  # cached: the image test_container_slurm.py builds from the same lock
+    image, _ = build_image(project)  # cached: the image test_container_image.py builds from the same lock
     config_path = project / "config/config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["container"].update(runtime="charliecloud", image="containers/images/cpu")

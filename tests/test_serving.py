@@ -5,7 +5,7 @@
    kubernetes-validate, strict (unknown fields are errors), and its security context, probes and resources checked.
 2. For real, on this machine (module fixture `served`): a generated project is trained (2 epochs) and registers its
    model; `make deploy-manifests` renders deploy/ from results/mlflow/registered_model.json. The project's Charliecloud
-   image (containers/cpu/build-charliecloud.sh, cached as in test_container_slurm) is imported into podman
+   image (containers/cpu/build-charliecloud.sh, cached as in test_container_image) is imported into podman
    (`tar | podman import`), the serving image is built from the rendered deploy/Containerfile (`podman build`: the
    model as one layer), and the rendered deploy/deployment.yaml is started unchanged with `podman kube play`
    (podman 4.3 from Debian, runc: crun refuses this machine's hybrid cgroups; the ulimits FACTS.md names). The test
@@ -238,7 +238,7 @@ def test_sizing_the_server_never_retrains(trained):
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     """The rendered Deployment started with `podman kube play` in the serving image; yields what the test ran."""
-    from test_container_slurm import build_image, ensure_charliecloud
+    from test_container_image import build_image, ensure_charliecloud
 
     ensure_podman()
     ensure_charliecloud()
