@@ -61,7 +61,7 @@ fi
 
 wheel=$(ls "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$wheel" ]; then
-  echo "build-horovod: building Horovod $HOROVOD_VERSION for torch $torch_version ($py_tag, $gpu); takes a few minutes"
+  echo "build-horovod: building Horovod $HOROVOD_VERSION for torch $torch_version ($py_tag, $gpu); about 4 min on 2 cores"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   "$python" -m pip install --quiet "setuptools<81" wheel
