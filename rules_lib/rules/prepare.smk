@@ -40,13 +40,17 @@ rule prepare_data:
         # Where the executed notebook, with the error, is kept when the step fails (Snakemake deletes the outputs
         # of a failed job). Not a `log:` entry: a failed job's logs are printed whole, and a notebook is JSON.
         failed_notebook="logs/prepare_data.ipynb",
+        # Seconds the notebook's kernel may take to start (papermill's default, 60, is too short on a busy login node
+        # or CI machine: the first start in a new home also builds matplotlib's font cache).
+        kernel_start_timeout=300,
     message:
         "Executing {input.notebook} with papermill"
     shell:
         "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --run-file {input.run:q} "
         "> {log:q} 2>&1; "
         "rm -f {params.failed_notebook:q}; "
-        "(papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q} "
+        "(papermill --no-progress-bar --kernel python3 --start-timeout {params.kernel_start_timeout} "
+        "{input.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
         "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
         "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} && "
