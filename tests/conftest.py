@@ -153,14 +153,18 @@ LAB_VENV = Path(os.environ.get("SMKML_CACHE", Path.home() / ".cache/cookiecutter
 
 @pytest.fixture(scope="session")
 def lab_venv(tmp_path_factory) -> Path:
-    """JupyterLab's environment, made by the project's own rule (`make lab-env LAB_VENV=...`, the Makefile and lab
-    lock of the skeleton; a generated project has the same two files) once per machine."""
+    """JupyterLab's environment, made by the project's own rule (`make lab-env LAB_VENV=...`: the Makefile and lab
+    lock of the skeleton and the installer it runs, workflow/lib/smkml/install_env.py, as a generated project has
+    them) once per machine."""
     import fcntl
     import shutil
 
     work = tmp_path_factory.mktemp("lab-env")
     for name in ("Makefile", "requirements-lab.lock"):
         shutil.copy(SKELETON / name, work / name)
+    installer = work / "workflow/lib/smkml/install_env.py"
+    installer.parent.mkdir(parents=True)
+    shutil.copy(TEMPLATE_DIR / "rules_lib/lib/smkml/install_env.py", installer)
     LAB_VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(LAB_VENV.parent / ".lab-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache

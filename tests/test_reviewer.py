@@ -42,7 +42,9 @@ def published(tmp_path_factory):
     first = run(["mlflow", "run", ".", "--env-manager", "local", "--experiment-name", MODEL_NAME], path, timeout=900)
     run(["make", "reference"], path)
     run(["git", "add", "results/reference"], path)
-    run(["git", "commit", "-q", "-m", "Reference metrics of the published run"], path)
+    # The author's identity, as a user has it configured (a fresh CI machine has none).
+    run(["git", "-c", "user.name=Ada Author", "-c", "user.email=ada@example.org", "commit", "-q", "-m",
+         "Reference metrics of the published run"], path)
     bare = root / "published.git"
     run(["git", "clone", "-q", "--bare", str(path), str(bare)], root)
     return {"path": path, "bare": bare, "commit": commit, "output": first.stdout + first.stderr}
