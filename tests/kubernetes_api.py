@@ -34,6 +34,10 @@ class KubernetesApi:
         """The Job manifests submitted, in order."""
         return [r["body"] for r in self.requests if r["method"] == "POST" and JOB.match(r["path"])]
 
+    def secrets(self) -> list[dict]:
+        """The Secrets created (the run's: the variables every pod reads), in order."""
+        return [r["body"] for r in self.requests if r["method"] == "POST" and SECRET.match(r["path"])]
+
     def write_kubeconfig(self, path: Path) -> Path:
         path.write_text(
             json.dumps(
