@@ -19,6 +19,9 @@ from conftest import generate, run
 from kubernetes_api import KubernetesApi
 
 IMAGE = "registry.example.org/digits-classifier:1.0"
+# Pods share no filesystem: the MLflow store of a Kubernetes run is a server. Nothing runs in these tests (the
+# recording API fails every Job, and no step runs on this machine), so this one is never contacted.
+TRACKING = {"MLFLOW_TRACKING_URI": "http://mlflow.invalid:5000"}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,7 @@ def submit(project, s3_server, prefix, tmp_path, *args, cluster: dict | None = N
                 KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
                 SNAKEMAKE_S3_PREFIX=prefix,
                 **s3_server["env"],
+                **TRACKING,
             )
     finally:
         description.write_text(original)
@@ -220,3 +224,89 @@ def test_requests_kubernetes_cannot_satisfy_stop_before_submission(
     assert result.returncode != 0
     assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
     assert api.jobs() == []
+
+
+@pytest.mark.reliability(
+    tried="A Kubernetes run without a setting it needs from this machine",
+    sees="one line naming the setting and what to set, before the bucket is read or the cluster called",
+    left="nothing: no Secret, no Job",
+)
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"SNAKEMAKE_S3_PREFIX": None}, "SNAKEMAKE_S3_PREFIX is not set: pods share no filesystem"),
+        ({"SNAKEMAKE_S3_PREFIX": "my-bucket/digits"}, "SNAKEMAKE_S3_PREFIX 'my-bucket/digits' is not an S3 location"),
+        ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+         "no S3 credentials for the pipeline's bucket (s3://pipeline; pods read and write every step's files there): "
+         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        ({"SNAKEMAKE_S3_PREFIX": "s3://no-such-bucket/digits"},
+         "bucket 'no-such-bucket' of SNAKEMAKE_S3_PREFIX does not exist at http://127.0.0.1:"),
+        ({"MLFLOW_TRACKING_URI": None},
+         "MLflow store 'sqlite:///mlflow.db' (tracking.uri) is a file, and pods share no filesystem"),
+        ({"MLFLOW_TRACKING_URI": "file:///srv/mlruns"}, "MLflow store 'file:///srv/mlruns' (tracking.uri) is a file"),
+        ({"KUBECONFIG": None}, "no kubeconfig (~/.kube/config, KUBECONFIG unset): the Kubernetes executor needs one"),
+        ({"KUBECONFIG": "{tmp}/missing.yaml"}, "KUBECONFIG={tmp}/missing.yaml names no file"),
+        ({"KUBECONFIG": "{tmp}/empty.yaml"}, "the kubeconfig (KUBECONFIG={tmp}/empty.yaml) cannot be used: Invalid kube-config file"),
+    ],
+    ids=["no-prefix", "bad-prefix", "no-credentials", "no-bucket", "sqlite-store", "file-store", "no-kubeconfig",
+         "missing-kubeconfig", "empty-kubeconfig"],
+)
+def test_a_missing_setting_stops_before_anything_is_submitted(project, s3_server, bucket_prefix, tmp_path, change, message):
+    """Each setting a Kubernetes run needs from this machine, missing: one line naming it, before Snakemake reads
+    the bucket or calls the cluster (the API stand-in receives nothing: no Secret, no Job)."""
+    import subprocess
+
+    from conftest import command_env
+
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    home = tmp_path / "home"  # no ~/.aws, no ~/.kube
+    home.mkdir()
+    with KubernetesApi() as api:
+        env = command_env(
+            HOME=str(home), KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+            SNAKEMAKE_S3_PREFIX=bucket_prefix, **s3_server["env"], **TRACKING,
+        )
+        for name, value in change.items():
+            env.pop(name, None)
+            if value is not None:
+                env[name] = value.format(tmp=tmp_path)
+        for name in ("AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "KUBERNETES_SERVICE_HOST"):
+            env.pop(name, None)
+        result = subprocess.run(
+            ["snakemake", "--container-image", IMAGE, "--profile", "profiles/kubernetes",
+             "--storage-s3-endpoint-url", s3_server["endpoint"]],
+            cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    message = message.format(tmp=tmp_path)
+    lines = [line for line in output.splitlines() if message in line]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith(message.split(" ")[0])  # the message is the whole line, not a fragment of one
+    assert "botocore" not in output and "ConfigException" not in output and "must start with s3" not in output
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "uri, shared",
+    [
+        ("http://mlflow.example.org:5000", True),
+        ("https://user:token@mlflow.example.org", True),
+        ("postgresql://mlflow@db.example.org/mlflow", True),
+        ("databricks", True),  # Databricks' hosted store
+        ("sqlite:///mlflow.db", False),
+        ("sqlite:////scratch/project_465000001/mlflow.db", False),
+        ("file:///srv/mlruns", False),
+        ("mlruns", False),
+    ],
+)
+def test_only_a_store_the_pods_reach_is_accepted(uri, shared):
+    """Pods share no filesystem: a tracking server or a database server is one store for all; a file or folder
+    would be a new, empty store in every pod."""
+    from smkml import pods
+
+    if shared:
+        pods.check_tracking_store(uri)
+    else:
+        with pytest.raises(pods.SettingError, match="pods share no filesystem"):
+            pods.check_tracking_store(uri)

@@ -7,7 +7,11 @@
 #      containers/horovod/build-horovod.sh when the project's backend is horovod,
 #   3. /opt/venv inside the image, installed offline from that wheelhouse with ch-run (no network inside),
 #   4. the project package itself, a mount point for the project directory, and the build inputs recorded in
-#      /etc/smkml-image.json (both locks' sha256, base, Horovod wheel, template version, date).
+#      /etc/smkml-image.json (both locks' sha256, base, Horovod wheel, template version, date),
+#   5. what a Kubernetes pod's command needs without a package index: snakemake-executor-plugin-kubernetes starts
+#      every pod with `pip install --target .snakemake/pip-deployments snakemake-storage-plugin-s3`, so the image
+#      carries that plugin's wheels, as locked, in /opt/smkml/pod-wheels, and /opt/venv/pip.conf points
+#      `pip install` there (no index); plus /workdir, the mount point of the plugin's work volume.
 # Layers are cached: the base (Debian + venv + locks) under <cache>/images/base-<key> keyed by the locks, the
 # Horovod wheel and this recipe; the project image under <cache>/images/<slug>-<key> (hard-linked copy of the base
 # plus the project). A second build with the same inputs reuses them. The project gets a link
@@ -207,7 +211,9 @@ template_version=$("$python" -c 'import json, sys; print(json.load(open(sys.argv
   "$project/vendored.json" 2>/dev/null || true)
 source_sha=$(cd "$project" && find pyproject.toml src -type f ! -path '*__pycache__*' ! -path '*.egg-info*' \
   ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
-key=$(printf '%s\n' "base=$base_key" "source=$source_sha" "project=$project" | sha256sum | cut -c1-16)
+PROJECT_LAYER_VERSION=2 # bump when the project layer's layout changes (2: pod wheels, pip.conf, /workdir)
+key=$(printf '%s\n' "base=$base_key" "source=$source_sha" "project=$project" "layer=$PROJECT_LAYER_VERSION" \
+  | sha256sum | cut -c1-16)
 image="$images/$slug-$key"
 if [ "$rebuild" = 1 ] || [ ! -f "$image/etc/smkml-image.json" ]; then
   rm -rf "$image"
@@ -221,6 +227,17 @@ if [ "$rebuild" = 1 ] || [ ! -f "$image/etc/smkml-image.json" ]; then
   wheel=$(ls "$tmp.whl"/*.whl | head -n 1)
   chrun -w -b "$tmp.whl:/mnt" "$tmp" -- /opt/venv/bin/pip install --quiet --no-index --no-deps "/mnt/$(basename "$wheel")"
   mkdir -p "$tmp$project" # mount point: ch-run -b binds the project at the same path (read-only images cannot)
+  # Kubernetes pods: the storage plugin's wheels and their dependencies as locked (resolved from the wheelhouse
+  # alone), the venv's pip installing from them only, and the work volume's mount point.
+  wheels=$(wheelhouse)
+  "$python" -m pip download --quiet --no-index --find-links "$wheels" --only-binary=:all: --python-version 3.11 \
+    --implementation cp --abi cp311 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
+    -d "$tmp/opt/smkml/pod-wheels" snakemake-storage-plugin-s3 >&2 \
+    || die "the wheelhouse $wheels lacks snakemake-storage-plugin-s3 or its dependencies (is it in requirements.lock?)"
+  printf '%s\n' "# Pods have no package index: pip install takes the wheels the image carries (containers/cpu/build-charliecloud.sh)." \
+    "[install]" "no-index = true" "find-links = /opt/smkml/pod-wheels" > "$tmp/opt/venv/pip.conf"
+  mkdir -p "$tmp/workdir"
   rm -f "$tmp/etc/smkml-image.json"
   "$python" - "$tmp/etc/smkml-base.json" "$tmp/etc/smkml-image.json" <<PY
 import json, sys, datetime

@@ -113,6 +113,32 @@ SWEEP_REGISTERED_FILE = "results/sweep/mlflow/registered_model.json"
 # this machine. Bad requests (account, partition, GPUs, runtime) stop the run here, before anything is submitted.
 CLUSTER = config["cluster"]
 SLURM_ACCOUNT = vocabulary.account(CLUSTER)
+# Kubernetes: every step but the local ones runs in a pod, and pods share no filesystem: inputs and outputs go
+# through the S3 bucket of SNAKEMAKE_S3_PREFIX, the MLflow store must be a server the pods reach. What that needs
+# from this machine (prefix, S3 credentials and bucket, MLflow store, kubeconfig) is checked here, before the bucket
+# is read or anything is submitted, and the settings the pods need go into the run's Kubernetes Secret (registered
+# variables; never on a command line). workflow/lib/smkml/pods.py.
+PODS = vocabulary.scheduler(CLUSTER) == "kubernetes"
+if PODS and workflow.is_main_process:
+    from smkml import pods
+
+    S3_SETTINGS = (workflow.storage_provider_settings or {}).get("s3")
+    workflow.register_envvars(
+        *pods.prepare(
+            workflow.storage_settings.default_storage_prefix,
+            TRACKING_URI,
+            redaction.redact_uri,
+            s3_settings=S3_SETTINGS.get_settings() if S3_SETTINGS else None,
+            dryrun=workflow.output_settings.dryrun,
+        )
+    )
+
+
+def sha256_of(path):
+    """Hex sha256 of a file's content."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 # What the results depend on: the config without where the steps ran (provenance, never a reason to rerun),
 # without the sweep (each member's parameters are in its id; adding members must not start the pipeline over),
 # without what only the pods serving or exploring the results need (resources.serve_model, resources.notebook:

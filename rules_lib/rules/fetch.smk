@@ -9,7 +9,9 @@ DVC_FETCH = os.path.relpath(LIB_DIR / "smkml" / "dvc_remote.py")
 
 
 # The DVC remote is reached from where Snakemake runs (a login node): compute nodes often have no internet, and a
-# download is not worth a batch job. On Kubernetes the step already runs there (its input is local()).
+# download is not worth a batch job. On Kubernetes the step already runs there (its input is local()), and its
+# output is a local copy of the file in the bucket (.snakemake/storage/...), which Snakemake then uploads: DVC
+# checks the data out at the path its .dvc file names, and the step copies it there.
 localrules:
     fetch_data,
 
@@ -29,8 +31,11 @@ rule fetch_data:
     params:
         fetch=DVC_FETCH,
         package=PACKAGE,
+        # Where `dvc pull` checks the data out: next to its .dvc file (the output itself, except in pods).
+        pulled=lambda wildcards, input: input.dvcfile.removesuffix(".dvc"),
     message:
         "Pulling {output} from the DVC remote"
     shell:
-        "{{ python {params.fetch:q} pull {input.dvcfile:q} && python -m {params.package:q}.integrity {input.dvcfile:q}; }} "
+        "{{ python {params.fetch:q} pull {input.dvcfile:q} && python -m {params.package:q}.integrity {input.dvcfile:q} "
+        "&& {{ [ {params.pulled:q} -ef {output:q} ] || cp {params.pulled:q} {output:q}; }}; }} "
         "> {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"

@@ -1,7 +1,14 @@
+# The notebook is a git-tracked file of the project. Where the steps share this machine's files it is an input (a
+# changed notebook reruns the step). In pods (Kubernetes) an input marked local() would keep the step on this
+# machine, and any other input is read from the bucket: there the notebook comes with the sources Snakemake deploys
+# to every pod, and its sha256, a parameter, reruns the step when it changes.
+NOTEBOOK = project_file(config["prepare"]["notebook"])
+
+
 rule prepare_data:
     input:
+        **({} if PODS else {"notebook": local(NOTEBOOK)}),
         raw=RAW_DATA,
-        notebook=local(project_file(config["prepare"]["notebook"])),
         run=RUN_FILE,
     output:
         train=f"{PROCESSED_DIR}/train.npz",
@@ -30,6 +37,7 @@ rule prepare_data:
         **step("prepare_data").resources,
         mlflow_db=1,
     params:
+        **({"notebook_sha256": sha256_of(NOTEBOOK)} if PODS else {}),
         # The raw data is checked against its .dvc file before the notebook reads it (a file changed in place), and
         # its md5 goes on the MLflow run as the data used. Git-tracked, so also in a pod's deployed sources.
         dvcfile=project_file(f"{RAW_DATA}.dvc"),
@@ -43,14 +51,17 @@ rule prepare_data:
         # Seconds the notebook's kernel may take to start (papermill's default, 60, is too short on a busy login node
         # or CI machine: the first start in a new home also builds matplotlib's font cache).
         kernel_start_timeout=300,
+        # The notebook papermill runs: the input, or in pods the deployed source (a function of the input: not
+        # recorded as a parameter, so where the steps run is no reason to rerun).
+        notebook=lambda wildcards, input: input.get("notebook", NOTEBOOK),
     message:
-        "Executing {input.notebook} with papermill"
+        "Executing {params.notebook} with papermill"
     shell:
         "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --run-file {input.run:q} "
         "> {log:q} 2>&1; "
         "rm -f {params.failed_notebook:q}; "
         "(papermill --no-progress-bar --kernel python3 --start-timeout {params.kernel_start_timeout} "
-        "{input.notebook:q} {output.notebook:q} "
+        "{params.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
         "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
         "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} && "
