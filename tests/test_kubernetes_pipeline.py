@@ -149,12 +149,12 @@ def test_the_whole_pipeline_runs_in_pods(s3_server, mlflow_server, tmp_path):
     Charliecloud image, without a package index), and its status comes from the real exit code. The pipeline
     completes, the bucket holds every output, the MLflow server has the run and the registered version, and a
     second run has nothing to do."""
-    from test_container_slurm import build_image, ensure_charliecloud
+    from test_container_image import build_image, ensure_charliecloud
 
     ensure_charliecloud()
-    # torch DDP: one Horovod rank without a launcher needs Open MPI's orted for its MPI singleton, which the image
-    # lacks (see the report of this test's first run); the image serves both backends.
-    project = generate(tmp_path / "pods", cluster="kubernetes", training_backend="torch_ddp")
+    # The default answers (Horovod): the training pod's one rank runs Horovod's Gloo controller without a launcher (an
+    # MPI singleton would need Open MPI's orted, which the image does not carry).
+    project = generate(tmp_path / "pods", cluster="kubernetes")
     image, _ = build_image(project)
     pods = CharliecloudPods(image, tmp_path / "pod-volumes", network=NO_INDEX)
     with KubernetesApi(pods=pods) as api:

@@ -50,7 +50,7 @@ PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz",
          "torchrun --standalone --nnodes=1 --nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train --backend torch_ddp "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("local", "horovod", 1,
-         "python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
+         "env HOROVOD_CONTROLLER=gloo HOROVOD_CPU_OPERATIONS=gloo python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("mpirun", "horovod", 2,
          f"{sys.executable} {SLURM_LAUNCH} --nodes 1 --backend horovod --mpi auto --runtime '[]' -- mpirun -np 2 --bind-to none python -m demo.train --backend horovod "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),

@@ -142,6 +142,10 @@ def srun_layout(layout: dict | None, processes: int) -> list[str]:
     return [*options, f"--cpu-bind={layout['cpu_bind']}"] if layout.get("cpu_bind") else options
 
 
+# One Horovod rank without a launcher: the Gloo controller, which needs no rendezvous for a world of one.
+HOROVOD_ONE_RANK = ["HOROVOD_CONTROLLER=gloo", "HOROVOD_CPU_OPERATIONS=gloo"]
+
+
 def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | None = None) -> tuple[list[str], list[str]]:
     """(words before the container, words after it) that start `processes` ranks of the Python that follows."""
     _check("launcher", launcher, LAUNCHERS)
@@ -151,6 +155,10 @@ def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | 
     if launcher == "torchrun" and backend != "torch_ddp":
         raise ValueError(f"launcher 'torchrun' starts torch DDP ranks only (backend '{backend}': use srun or mpirun)")
     if processes == 1:
+        if launcher == "local" and backend == "horovod":
+            # One rank, no launcher: Horovod would start MPI as a singleton, which needs Open MPI's `orted` (not in
+            # the project's images, so a one-rank pod or container failed at MPI_Init). Gloo for one rank needs none.
+            return ["env", *HOROVOD_ONE_RANK], []
         return [], []  # one rank runs in the executor's own job step (or process): nothing to start
     if launcher == "srun":
         # One rank per task; rank and size from SLURM_* (DDP) or the PMI (Horovod), the rendezvous from outside.
