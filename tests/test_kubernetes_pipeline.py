@@ -198,3 +198,16 @@ def test_the_whole_pipeline_runs_in_pods(s3_server, mlflow_server, tmp_path):
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert "Nothing to be done" in second.stdout + second.stderr, (second.stdout + second.stderr)[-4000:]
     assert again.jobs() == []
+
+    # The report, built from the bucket's outputs by the project's `make report` (results/ does not exist here).
+    assert not (project / "results").exists()
+    with KubernetesApi(pods=pods) as quiet:
+        report = run(["make", "report", "PROFILE=profiles/kubernetes",
+                      f"ARGS=--container-image {IMAGE} --storage-s3-endpoint-url {s3_server['endpoint']}"],
+                     project, check=False, timeout=600, KUBECONFIG=str(quiet.write_kubeconfig(tmp_path / "kubeconfig")),
+                     SNAKEMAKE_S3_PREFIX=f"s3://{s3_server['bucket']}/whole", MLFLOW_TRACKING_URI=mlflow_server,
+                     **s3_server["env"])
+    assert report.returncode == 0, (report.stdout + report.stderr)[-4000:]
+    assert quiet.jobs() == []
+    html = (project / "results/report.html").read_text()
+    assert "metrics.html" in html and "confusion_matrix.png" in html and "prepare.html" in html, html[:2000]
