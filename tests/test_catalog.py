@@ -72,7 +72,7 @@ def test_dry_run_of_the_deployed_module(deployed, profile):
     # The module's own files, not the deploying folder's: its notebook and helpers, from the git repository.
     # (copied to a folder named after the module's vendored.json, which lists the sha256 of every vendored file)
     copy = re.escape(".snakemake/smkml-module/") + "[0-9a-f]{16}"
-    assert re.search(f"papermill --no-progress-bar --kernel python3 {copy}/notebooks/prepare.ipynb", output), output
+    assert re.search(f"papermill --no-progress-bar --kernel python3 --start-timeout \\d+ {copy}/notebooks/prepare.ipynb", output), output
     assert re.search(f"python {copy}/workflow/lib/smkml/dvc_remote.py pull {copy}/data/raw/digits.csv.dvc", output)
     ranks = "1 rank(s)" if profile[-1:] == ["profiles/lumi"] else "2 rank(s)"
     assert f"Training with torch_ddp on {ranks}" in output
