@@ -11,13 +11,18 @@
 #                  (`module load systools` first: LUMI builds unprivileged with proot)
 #   lumi-cotainr   cotainr build containers/images/lumi-cotainr.sif --system=lumi-g (conda env from the lock;
 #                  torch_ddp only: cotainr cannot compile Horovod)
+#   oci [NAME] [options for cpu]
+#                  the cpu image imported into podman as an OCI image for Kubernetes pods (default NAME:
+#                  localhost/<project>:latest; then podman push it): the image's environment (the venv on PATH),
+#                  HOME=/tmp, WORKDIR /workdir and a non-root default user (the serving manifests' user), since
+#                  snakemake-executor-plugin-kubernetes sets no security context on the pipeline's pods
 # Extra options go to the builder (e.g. --fakeroot for apptainer build, --accept-licenses for cotainr).
 # Then set config/config.yaml container: runtime and image (see docs/containers.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/.." && pwd)
-VARIANTS="cpu, cpu-apptainer, cuda, lumi, lumi-cotainr"
+VARIANTS="cpu, cpu-apptainer, cuda, lumi, lumi-cotainr, oci"
 die() { echo "containers/build.sh: error: $*" >&2; exit 2; }
 [ $# -ge 1 ] || die "which variant? (allowed: $VARIANTS)"
 variant="$1"; shift
@@ -53,6 +58,23 @@ case "$variant" in
     echo "+ cotainr build containers/images/lumi-cotainr.sif --system=lumi-g --conda-env=$env_file $*" >&2
     cotainr build containers/images/lumi-cotainr.sif --system=lumi-g --conda-env="$env_file" "$@"
     echo "$project/containers/images/lumi-cotainr.sif"
+    ;;
+  oci)
+    name="localhost/$(basename "$project"):latest"
+    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then name="$1"; shift; fi
+    command -v podman >/dev/null 2>&1 || die "variant 'oci' needs podman (Debian: apt-get install podman)"
+    # The serving manifests' non-root user (workflow/lib/smkml/deploy.py), so pods and serving run as the same user.
+    user=$(sed -n -E 's/^USER_ID = ([0-9]+).*/\1/p' "$project/workflow/lib/smkml/deploy.py")
+    [ -n "$user" ] || die "no USER_ID in $project/workflow/lib/smkml/deploy.py"
+    image=$(bash "$here/cpu/build-charliecloud.sh" --project "$project" "$@" | tail -n 1)
+    changes=()
+    while IFS= read -r line; do # Charliecloud keeps the image's environment in /ch/environment; OCI in its config
+      [ -n "$line" ] && changes+=(--change "ENV $line")
+    done < "$image/ch/environment"
+    changes+=(--change "ENV HOME=/tmp" --change "USER $user:$user" --change "WORKDIR /workdir")
+    echo "+ tar -C $image -cf - . | podman import ${changes[*]} - $name" >&2
+    tar -C "$image" -cf - . | podman import "${changes[@]}" - "$name" >&2
+    echo "$name"
     ;;
   *) die "unknown variant '$variant' (allowed: $VARIANTS)" ;;
 esac

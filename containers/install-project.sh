@@ -63,6 +63,14 @@ pip=(/opt/venv/bin/python -m pip install --no-cache-dir)
 "${pip[@]}" -r "$src/requirements-lab.lock" # its shared packages have the main lock's versions: nothing changes
 "${pip[@]}" --no-deps "$src/project"
 bash "$src/build-horovod.sh" --gpu "$gpu" --python /opt/venv/bin/python --cache "$src/wheels"
+# Kubernetes pods: snakemake-executor-plugin-kubernetes starts every pod with `pip install --target ...
+# snakemake-storage-plugin-s3`. The image carries that plugin's wheels at the lock's versions, and the venv's pip
+# installs from them only (pods need no package index), as the Charliecloud image does (cpu/build-charliecloud.sh).
+/opt/venv/bin/python -m pip download --no-cache-dir --only-binary=:all: -c "$lock" -d /opt/smkml/pod-wheels \
+  snakemake-storage-plugin-s3
+printf '%s\n' "# Pods have no package index: pip install takes the wheels the image carries (containers/install-project.sh)." \
+  "[install]" "no-index = true" "find-links = /opt/smkml/pod-wheels" > /opt/venv/pip.conf
+mkdir -p /workdir && chmod 1777 /workdir # the plugin's work volume; images may run as a non-root user
 if [ "$system_torch" = 1 ]; then
   # The base image's own packages share the environment; their requirements are theirs to keep.
   /opt/venv/bin/python -c 'import sys, torch; sys.exit(0 if not torch.__file__.startswith("/opt/venv/") else "torch was installed into /opt/venv over the torch of the base image")'

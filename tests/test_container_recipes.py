@@ -151,6 +151,9 @@ def test_install_step_builds_horovod_with_the_shared_script_and_records_inputs()
     assert '"${pip[@]}" -r "$src/requirements-lab.lock"' in script  # JupyterLab on top, for the notebook pod
     assert '"${pip[@]}" --no-deps "$src/project"' in script
     assert 'open("/etc/smkml-image.json", "w")' in script
+    # Kubernetes pods install the storage plugin from the image's wheels (the lock's versions), never from an index.
+    assert '-c "$lock" -d /opt/smkml/pod-wheels' in script and "snakemake-storage-plugin-s3" in script
+    assert '"[install]" "no-index = true" "find-links = /opt/smkml/pod-wheels" > /opt/venv/pip.conf' in script
     for label in ("requirements-lock-sha256", "requirements-lab-lock-sha256", "base-image", "template-version", "gpu"):
         assert f"org.smkml.{label} " in script
 
@@ -239,8 +242,8 @@ def test_build_names_the_missing_builder(project, variant):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["docker"], "unknown variant 'docker' (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr)"),
-        ([], "which variant? (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr)"),
+        (["docker"], "unknown variant 'docker' (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr, oci)"),
+        ([], "which variant? (allowed: cpu, cpu-apptainer, cuda, lumi, lumi-cotainr, oci)"),
         (["cpu", "--backend", "jax"], "--backend 'jax' is not one of: horovod, torch_ddp"),
     ],
 )

@@ -255,12 +255,13 @@ def served(trained, tmp_path_factory):
     base = f"localhost/{image_dir.name}:charliecloud"
     started = time.monotonic()
     if podman("image", "exists", base, conf=conf, check=False).returncode != 0:
-        tar = subprocess.Popen(["tar", "-C", str(image_dir), "-cf", "-", "."], stdout=subprocess.PIPE)
-        podman("import", "-", base, conf=conf, stdin=tar.stdout, timeout=1200)
-        assert tar.wait() == 0
-        ran.append(f"tar -C {image_dir} -cf - . | podman import - {base}")
+        # As a user makes the pods' image: containers/build.sh oci (the cached Charliecloud image, imported).
+        imported = run(["bash", "containers/build.sh", "oci", base, "--backend", "horovod", "--python", sys.executable],
+                       project, timeout=1200, CONTAINERS_CONF=str(conf), USER=os.environ.get("USER", "root"))
+        assert imported.stdout.strip().splitlines()[-1] == base, imported.stdout
+        ran.append(f"containers/build.sh oci {base}")
     else:
-        ran.append(f"(reused) podman import of {image_dir} as {base}")
+        ran.append(f"(reused) containers/build.sh oci of {image_dir} as {base}")
     # Imports of earlier builds of this project's image (other inputs, other key) only take space: 2.4 GB each.
     listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", conf=conf).stdout.split()
     prefix = f"localhost/{image_dir.name.rsplit('-', 1)[0]}-"
@@ -310,7 +311,7 @@ def served(trained, tmp_path_factory):
         ran.append(f"readiness probe GET {url} -> 200")
         print("\nserving test ran:\n  " + "\n  ".join(ran) + f"\ntimings (s): {timings}")
         yield {"address": address, "deployment": deployment, "container": container_name, "conf": conf,
-               "project": project, "ran": ran, "timings": timings, "image": image}
+               "project": project, "ran": ran, "timings": timings, "image": image, "base": base}
     finally:
         podman("kube", "play", "--down", str(deployment_path), conf=conf, check=False)
 
@@ -353,6 +354,24 @@ def test_the_running_server_is_non_root_without_capabilities_on_a_read_only_root
     assert state["HostConfig"]["ReadonlyRootfs"] is True
     status = podman("exec", name, "grep", "CapEff", "/proc/1/status", conf=conf).stdout
     assert status.split()[-1] == "0000000000000000"
+
+
+@pytest.mark.container
+def test_the_pods_image_runs_as_non_root_with_the_venv_and_no_index(served):
+    """containers/build.sh oci, the image pipeline pods run in: the Kubernetes executor plugin sets no security context,
+    so the image itself says who runs (the serving manifests' non-root user), with the project's venv on PATH; the
+    plugin's first command in every pod, `pip install --target ... snakemake-storage-plugin-s3`, works offline."""
+    conf, base = served["conf"], served["base"]
+    config = json.loads(podman("image", "inspect", base, conf=conf).stdout)[0]["Config"]
+    user = served["deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert config["User"] == f"{user}:{user}" and config["WorkingDir"] == "/workdir", config
+    assert "PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin" in config["Env"], config["Env"]
+    script = ("id -u; command -v python snakemake; "
+              "pip install --quiet --target .snakemake/pip-deployments snakemake-storage-plugin-s3 && "
+              "PYTHONPATH=.snakemake/pip-deployments python -c 'import snakemake_storage_plugin_s3; print(\"plugin ok\")'")
+    result = podman("run", "--rm", "--network", "none", base, "sh", "-c", script, conf=conf, timeout=600)
+    assert result.stdout.split() == [str(user), "/opt/venv/bin/python", "/opt/venv/bin/snakemake", "plugin", "ok"], (
+        result.stdout + result.stderr)
 
 
 # --- 3. A real cluster, when there is one ----------------------------------------------------------------------------

@@ -211,7 +211,7 @@ template_version=$("$python" -c 'import json, sys; print(json.load(open(sys.argv
   "$project/vendored.json" 2>/dev/null || true)
 source_sha=$(cd "$project" && find pyproject.toml src -type f ! -path '*__pycache__*' ! -path '*.egg-info*' \
   ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
-PROJECT_LAYER_VERSION=2 # bump when the project layer's layout changes (2: pod wheels, pip.conf, /workdir)
+PROJECT_LAYER_VERSION=3 # bump when the project layer's layout changes (2: pod wheels, pip.conf, /workdir; 3: 1777)
 key=$(printf '%s\n' "base=$base_key" "source=$source_sha" "project=$project" "layer=$PROJECT_LAYER_VERSION" \
   | sha256sum | cut -c1-16)
 image="$images/$slug-$key"
@@ -238,6 +238,7 @@ if [ "$rebuild" = 1 ] || [ ! -f "$image/etc/smkml-image.json" ]; then
   printf '%s\n' "# Pods have no package index: pip install takes the wheels the image carries (containers/cpu/build-charliecloud.sh)." \
     "[install]" "no-index = true" "find-links = /opt/smkml/pod-wheels" > "$tmp/opt/venv/pip.conf"
   mkdir -p "$tmp/workdir"
+  chmod 1777 "$tmp/workdir" # an OCI image of it (containers/build.sh oci) runs as a non-root user
   rm -f "$tmp/etc/smkml-image.json"
   "$python" - "$tmp/etc/smkml-base.json" "$tmp/etc/smkml-image.json" <<PY
 import json, sys, datetime
