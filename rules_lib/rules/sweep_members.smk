@@ -62,3 +62,12 @@ def told(members):
             f"{SWEEP_DIR}/{member}/metrics.json",
         )
     ]
+
+
+def member_data(member, name):
+    """A member's prepared data file `name` (train.npz, test.npz): its own data set when it changes the prepare
+    notebook's parameters (rule prepare_sweep_data), else the pipeline's (rule prepare_data).
+    """
+    prepare = sweeps.split(member_params(member))[1]
+    folder = f"{SWEEP_DATA_DIR}/{sweeps.data_id(prepare)}" if prepare else PROCESSED_DIR
+    return f"{folder}/{name}"
