@@ -127,8 +127,8 @@ def test_prepare_parameters_are_swept_with_their_own_data():
         ({"grid": {"prepare.notebook": ["other.ipynb"]}}, "sweep.grid.prepare.notebook"),
         ({"grid": {"prepare.test_fraction": [0.2, 1.5]}}, "prepare.test_fraction"),
         ({"list": [{"prepare.seed": -1}]}, "prepare.seed"),
-        ({"search": {"trials": 4, "batch": 2, "space": {"prepare.seed": {"low": 0, "high": 9}}}},
-         "sweep.search.space.prepare.seed"),
+        ({"search": {"trials": 4, "batch": 2, "space": {"prepare.test_fraction": {"low": 0.5, "high": 1.5}}}},
+         "prepare.test_fraction"),
         ({"grid": {"dropout": [0.1]}, "list": [{"dropout": 0.1}]}, "given twice"),
         # adaptive search (sweep.search)
         ({"search": {"trials": 2, "batch": 3, "space": SPACE}}, "sweep.search.trials"),

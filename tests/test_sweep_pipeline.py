@@ -236,10 +236,12 @@ def test_prepare_parameters_swept_each_member_on_its_own_data(data_swept):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-# 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results.
+# 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results; the
+# study also samples the prepare notebook's test fraction (each trial on its own prepared data).
 SEARCH = {"search": {"sampler": "tpe", "trials": 6, "batch": 3, "seed": 0,
                      "space": {"learning_rate": {"low": 0.0001, "high": 0.05, "log": True},
-                               "dropout": {"low": 0.0, "high": 0.3}}},
+                               "dropout": {"low": 0.0, "high": 0.3},
+                               "prepare.test_fraction": {"low": 0.2, "high": 0.3}}},
           "metric": "accuracy", "direction": "maximize"}
 
 
@@ -265,6 +267,17 @@ def test_search_rounds_resumed_without_training_again(searched):
     project, study, first, second, again, round0, asked, trained = searched
     out1, out2 = first.stdout + first.stderr, second.stdout + second.stderr
     assert out1.count("Training sweep member trial=") == 3 and len(trained) == 3
+    # every trial prepared its own data set (its sampled test fraction), round by round
+    assert out1.count("(Rule: prepare_sweep_data)") == 3 and out2.count("(Rule: prepare_sweep_data)") == 3
+    import numpy as np
+
+    sweep = project_helper(project, "sweep")
+    for member in trained:
+        params = json.loads((member.parents[1] / "params.json").read_text())
+        assert 0.2 <= params["prepare.test_fraction"] <= 0.3
+        data = project / "data/processed/sweep" / sweep.data_id(sweep.split(params)[1])
+        with np.load(data / "test.npz") as test:
+            assert json.loads((member.parents[1] / "metrics.json").read_text())["n_test"] == len(test["labels"])
     assert {t["number"] for t in round0["trials"]} == {0, 1, 2} and {t["number"] for t in asked["trials"]} == {3, 4, 5}
     assert [t["params"] for t in asked["trials"]] != [t["params"] for t in round0["trials"]]
     # the resumed run trains round 1 only, with the trials the study gave before the interruption

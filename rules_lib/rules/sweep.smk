@@ -202,10 +202,10 @@ rule prepare_sweep_data:
         **({"notebook_sha256": sha256_of(NOTEBOOK)} if PODS else {}),
         dvcfile=project_file(f"{RAW_DATA}.dvc"),
         processed_dir=lambda wildcards, output: Path(output.train).parent,
-        test_fraction=lambda wildcards: SWEEP_DATA[wildcards.data].get(
+        test_fraction=lambda wildcards: data_params(wildcards.data).get(
             "test_fraction", config["prepare"]["test_fraction"]
         ),
-        seed=lambda wildcards: SWEEP_DATA[wildcards.data].get(
+        seed=lambda wildcards: data_params(wildcards.data).get(
             "seed", config["prepare"]["seed"]
         ),
         package=PACKAGE,

@@ -325,12 +325,7 @@ def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
         raise SweepError(f"config {where}.trials: {numbers['trials']} trials are fewer than one round of "
                          f"{where}.batch = {numbers['batch']}: lower batch or raise trials")
     space = spec.get("space") or {}
-    base = dict(config["train"]["hyperparameters"])
-    prepared = [key for key in space if key in prepare_schemas()]
-    if prepared:
-        raise SweepError(f"config {where}.space.{prepared[0]}: an adaptive search tunes training hyper-parameters "
-                         "only (its trials share one prepared data set); sweep the prepare notebook's parameters with "
-                         "grid, list, random or seeds")
+    base = sweepable(config)
     _check_keys(f"{where}.space", space, base)
     for key, value in space.items():
         check_spec(key, value, f"{where}.space")
@@ -339,7 +334,9 @@ def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
             check_params({**base, key: end}, schema, f"of {where}.space.{key} = {end!r}")
     shape = {"sampler": sampler, "batch": numbers["batch"], "startup": numbers["startup"], "seed": numbers["seed"],
              "space": space, "metric": sweep.get("metric", "accuracy"), "direction": sweep.get("direction", "maximize"),
-             "base": base}
+             # what trials do not sample: the hyper-parameters, and the prepare parameters when the space has one
+             "base": {key: value for key, value in base.items()
+                      if not key.startswith(PREPARE_PREFIX) or any(k.startswith(PREPARE_PREFIX) for k in space)}}
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:HASH_LENGTH]
     return {**{k: v for k, v in shape.items() if k != "base"}, "trials": numbers["trials"],
             "rounds": math.ceil(numbers["trials"] / numbers["batch"]), "study": f"{sampler}-{digest}"}
@@ -351,7 +348,8 @@ def round_size(search_: Mapping, round_: int) -> int:
 
 
 def trial_member(number: int, sampled: Mapping, base: Mapping) -> tuple[str, dict]:
-    """A trial's member id (`trial=<number>_` and the sampled values, then the hash) and full hyper-parameters."""
+    """A trial's member id (`trial=<number>_` and the sampled values, then the hash) and full hyper-parameters
+    (`base`: train.hyperparameters; prepare parameters only where the study samples them)."""
     params = {**base, **sampled}
     return member_id({"trial": number, **sampled}, params), params
 
