@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -10,9 +11,13 @@ from smkml.sweep import (
     MEMBER_ID,
     SweepError,
     configured,
+    data_id,
+    data_sets,
     members,
     search,
+    split,
     swept_keys,
+    training_args,
     trial_members,
     trial_number,
 )
@@ -76,6 +81,35 @@ def test_seeds_alone_replicate_the_configured_parameters():
     assert [p["seed"] for p in found.values()] == [42, 43, 44]
 
 
+def test_prepare_parameters_are_swept_with_their_own_data():
+    """prepare.seed / prepare.test_fraction: each distinct set is one prepared data set; training gets only the
+    hyper-parameters; every member carries the swept prepare keys, a hyper-parameter sweep none (same ids as before)."""
+    found = expand(grid={"prepare.test_fraction": [0.2, 0.3], "learning_rate": [0.001, 0.01]})
+    assert len(found) == 4
+    base = project_config()["train"]["hyperparameters"]
+    for member, params in found.items():
+        assert re.fullmatch(MEMBER_ID, member) and "prepare.test_fraction=" in member
+        training, prepare = split(params)
+        assert set(training) == set(base) and set(prepare) == {"test_fraction"}
+        args = training_args(member, params, "data/x/train.npz", f"results/sweep/{member}", 0)
+        assert json.loads(args[args.index("--params") + 1]) == training
+    datasets = data_sets(found)
+    assert list(datasets.values()) == [{"test_fraction": 0.2}, {"test_fraction": 0.3}]
+    assert all(re.fullmatch(MEMBER_ID, d) and d.startswith("test_fraction=") for d in datasets)
+    assert data_id({}) is None and data_id({"seed": 1, "test_fraction": 0.2}) == data_id({"test_fraction": 0.2, "seed": 1})
+    # A list that changes prepare for one member only: every member gets the key, at its configured value.
+    listed = expand(list=[{"prepare.seed": 7}, {"dropout": 0.1}])
+    assert [p["prepare.seed"] for p in listed.values()] == [7, project_config()["prepare"]["seed"]]
+    assert swept_keys(listed) == ["dropout", "prepare.seed"]
+    # Seeds may replicate the data split instead of the training seed.
+    splits = expand(seeds=2, seed_key="prepare.seed")
+    first_seed = project_config()["prepare"]["seed"]
+    assert [split(p)[1] for p in splits.values()] == [{"seed": first_seed + k} for k in range(2)]
+    assert len(data_sets(splits)) == 2
+    # No prepare key swept: exactly the hyper-parameters, as before.
+    assert all(set(p) == set(base) for p in expand(grid={"dropout": [0.0, 0.2]}).values())
+
+
 @pytest.mark.parametrize(
     ("sweep", "named"),
     [
@@ -90,6 +124,11 @@ def test_seeds_alone_replicate_the_configured_parameters():
         ({"random": {"count": 2, "space": {"dropout": {"low": 0.5, "high": 0.1}}}}, "sweep.random.space.dropout"),
         ({"random": {"count": 2, "space": {"dropout": {"sampler": "tpe"}}}}, "sweep.random.space.dropout"),
         ({"grid": {"dropout": [1.5]}}, "train.hyperparameters.dropout"),
+        ({"grid": {"prepare.notebook": ["other.ipynb"]}}, "sweep.grid.prepare.notebook"),
+        ({"grid": {"prepare.test_fraction": [0.2, 1.5]}}, "prepare.test_fraction"),
+        ({"list": [{"prepare.seed": -1}]}, "prepare.seed"),
+        ({"search": {"trials": 4, "batch": 2, "space": {"prepare.test_fraction": {"low": 0.5, "high": 1.5}}}},
+         "prepare.test_fraction"),
         ({"grid": {"dropout": [0.1]}, "list": [{"dropout": 0.1}]}, "given twice"),
         # adaptive search (sweep.search)
         ({"search": {"trials": 2, "batch": 3, "space": SPACE}}, "sweep.search.trials"),

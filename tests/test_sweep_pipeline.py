@@ -55,9 +55,10 @@ def with_sweep(project, sweep, name="sweep.yaml", train=SMALL_TRAIN) -> list[str
         ({"search": {"sampler": "cmaes", "trials": 4, "batch": 2, "space": {"dropout": {"low": 0, "high": 0.5}}}},
          "sampler"),
         ({"search": {"trials": 2, "batch": 3, "space": {"dropout": {"low": 0, "high": 0.5}}}}, "sweep.search.trials"),
+        ({"grid": {"prepare.test_fraction": [0.2, 1.5]}}, "prepare.test_fraction"),
     ],
     ids=["unknown-key", "empty-list", "negative-seeds", "list-unknown-key", "seed-key-missing", "bad-space",
-         "no-samples", "out-of-range", "unknown-sampler", "trials-below-batch"],
+         "no-samples", "out-of-range", "unknown-sampler", "trials-below-batch", "prepare-out-of-range"],
 )
 @pytest.mark.reliability(tried="A bad `sweep:` config", sees="an error naming the key", left="nothing: no results")
 def test_bad_sweep_refused_before_anything_runs(project, sweep, named):
@@ -191,10 +192,56 @@ def test_failed_members_are_marked_and_the_others_kept(swept):
     assert not any((project / "results/sweep" / r.data.tags["sweep.member"] / "run.json").exists() for r in failed)
 
 
-# 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results.
+# The prepare notebook's parameters swept: two test fractions, so two prepared data sets, one member each.
+DATA_SWEEP = {"grid": {"prepare.test_fraction": [0.2, 0.3]}, "metric": "accuracy", "direction": "maximize"}
+
+
+@pytest.fixture(scope="module")
+def data_swept(project):
+    args = ["snakemake", "--profile", "profiles/local", *with_sweep(project, DATA_SWEEP, "data.yaml")]
+    first = run(args, project, timeout=1500)
+    again = run(args, project)
+    return project, first, again
+
+
+def test_prepare_parameters_swept_each_member_on_its_own_data(data_swept):
+    import mlflow
+    import numpy as np
+
+    project, first, again = data_swept
+    output = first.stdout + first.stderr
+    assert output.count("(Rule: prepare_sweep_data)") == 2, output[-3000:]
+    with (project / "results/sweep/aggregate.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["prepare.test_fraction"] for r in rows) == ["0.2", "0.3"]
+    sweep = project_helper(project, "sweep")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    sizes = set()
+    for row in rows:
+        params = json.loads((project / "results/sweep" / row["member"] / "params.json").read_text())
+        training, prepare = sweep.split(params)
+        folder = project / "data/processed/sweep" / sweep.data_id(prepare)
+        with np.load(folder / "test.npz") as test, np.load(folder / "train.npz") as train:
+            n_test, n_train = len(test["labels"]), len(train["labels"])
+        # evaluated on its own test split, trained on its own training split with the hyper-parameters only
+        assert int(row["n_test"]) == n_test
+        history = json.loads((project / "results/sweep" / row["member"] / "model/history.json").read_text())
+        assert history["params"] == training
+        assert f"{n_train} samples" in (project / "logs/sweep" / row["member"] / "train.log").read_text()
+        assert (project / "results/sweep/data" / sweep.data_id(prepare) / "prepare.html").is_file()
+        child = client.get_run(json.loads((project / "results/sweep" / row["member"] / "run.json").read_text())["run_id"])
+        assert child.data.params["prepare.test_fraction"] == row["prepare.test_fraction"]
+        sizes.add(n_test)
+    assert len(sizes) == 2
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# 2 rounds of 3 trials: round 0 sampled at random (startup = batch), round 1 by TPE from round 0's results; the
+# study also samples the prepare notebook's test fraction (each trial on its own prepared data).
 SEARCH = {"search": {"sampler": "tpe", "trials": 6, "batch": 3, "seed": 0,
                      "space": {"learning_rate": {"low": 0.0001, "high": 0.05, "log": True},
-                               "dropout": {"low": 0.0, "high": 0.3}}},
+                               "dropout": {"low": 0.0, "high": 0.3},
+                               "prepare.test_fraction": {"low": 0.2, "high": 0.3}}},
           "metric": "accuracy", "direction": "maximize"}
 
 
@@ -220,6 +267,17 @@ def test_search_rounds_resumed_without_training_again(searched):
     project, study, first, second, again, round0, asked, trained = searched
     out1, out2 = first.stdout + first.stderr, second.stdout + second.stderr
     assert out1.count("Training sweep member trial=") == 3 and len(trained) == 3
+    # every trial prepared its own data set (its sampled test fraction), round by round
+    assert out1.count("(Rule: prepare_sweep_data)") == 3 and out2.count("(Rule: prepare_sweep_data)") == 3
+    import numpy as np
+
+    sweep = project_helper(project, "sweep")
+    for member in trained:
+        params = json.loads((member.parents[1] / "params.json").read_text())
+        assert 0.2 <= params["prepare.test_fraction"] <= 0.3
+        data = project / "data/processed/sweep" / sweep.data_id(sweep.split(params)[1])
+        with np.load(data / "test.npz") as test:
+            assert json.loads((member.parents[1] / "metrics.json").read_text())["n_test"] == len(test["labels"])
     assert {t["number"] for t in round0["trials"]} == {0, 1, 2} and {t["number"] for t in asked["trials"]} == {3, 4, 5}
     assert [t["params"] for t in asked["trials"]] != [t["params"] for t in round0["trials"]]
     # the resumed run trains round 1 only, with the trials the study gave before the interruption

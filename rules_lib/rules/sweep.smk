@@ -18,6 +18,10 @@ except sweeps.SweepError as error:
 SWEEP = config["sweep"]
 SWEEP_ON = bool(SWEEP_MEMBERS or SEARCH)
 SWEEP_DIR = "results/sweep"
+# Members that change the prepare notebook's parameters (prepare.seed, prepare.test_fraction) train on their own
+# prepared data: one data set per distinct set of those parameters ({data id: parameters}; empty otherwise).
+SWEEP_DATA = sweeps.data_sets(SWEEP_MEMBERS)
+SWEEP_DATA_DIR = f"{PROCESSED_DIR}/sweep"
 # One folder per study (sweep.search's sampler and a hash of what shapes its trials, but not `trials`: raising it
 # continues the study): its rounds' files and its journal.
 SEARCH_DIR = f"{SWEEP_DIR}/search/{SEARCH['study'] if SEARCH else 'none'}"
@@ -40,6 +44,7 @@ SWEEP_TARGETS = [
     f"{SWEEP_DIR}/best.json",
     SWEEP_REGISTERED_FILE,
 ] + ([f"{SEARCH_DIR}/study.json"] if SEARCH else [])
+SWEEP_TARGETS += expand(f"{SWEEP_DIR}/data/{{data}}/prepare.html", data=SWEEP_DATA)
 
 
 # Which members a sweep has, and their parameters (a search's from its rounds' files): functions, kept out of this
@@ -92,13 +97,13 @@ packed_member = lambda member, input: sweeps.member_script(
     SWEEP_MEMBERS[member],
     PACKAGE,
     input.parent,
-    input.test,
+    member_data(member, "test.npz"),
     training_command(
         **MEMBER_LAUNCH,
         args=sweeps.training_args(
             member,
             SWEEP_MEMBERS[member],
-            input.train,
+            member_data(member, "train.npz"),
             f"{SWEEP_DIR}/{member}",
             config["train"]["checkpoint_every"],
         ),
@@ -109,6 +114,7 @@ packed_member = lambda member, input: sweeps.member_script(
 
 wildcard_constraints:
     member=sweeps.MEMBER_ID,
+    data=sweeps.MEMBER_ID,
     round=r"\d+",
     pack=r"pack[0-9]+",
 
@@ -166,9 +172,62 @@ rule start_member:
 # the other members go on. A member whose training failed gets a new run when it is trained again.
 
 
+# The prepared data of members that change the prepare notebook's parameters: the notebook run as prepare_data runs
+# it, with those parameters, into a folder of its own. It logs nothing to MLflow (the members' runs carry the
+# parameters); the executed notebook and its HTML are kept, the HTML in the report.
+
+
+rule prepare_sweep_data:
+    input:
+        **({} if PODS else {"notebook": local(NOTEBOOK)}),
+        raw=RAW_DATA,
+    output:
+        train=f"{SWEEP_DATA_DIR}/{{data}}/train.npz",
+        test=f"{SWEEP_DATA_DIR}/{{data}}/test.npz",
+        notebook=f"{SWEEP_DIR}/data/{{data}}/prepare.ipynb",
+        notebook_html=report(
+            f"{SWEEP_DIR}/data/{{data}}/prepare.html",
+            caption="../report/notebook_html.rst",
+            category="Sweep",
+        ),
+        samples=f"{SWEEP_DIR}/data/{{data}}/samples.png",
+    log:
+        "logs/sweep/data/{data}/prepare.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: step("prepare_data").threads
+    resources:
+        **step("prepare_data").resources,
+    params:
+        **({"notebook_sha256": sha256_of(NOTEBOOK)} if PODS else {}),
+        dvcfile=project_file(f"{RAW_DATA}.dvc"),
+        processed_dir=lambda wildcards, output: Path(output.train).parent,
+        test_fraction=lambda wildcards: data_params(wildcards.data).get(
+            "test_fraction", config["prepare"]["test_fraction"]
+        ),
+        seed=lambda wildcards: data_params(wildcards.data).get(
+            "seed", config["prepare"]["seed"]
+        ),
+        package=PACKAGE,
+        failed_notebook=lambda wildcards: f"logs/sweep/data/{wildcards.data}/prepare.ipynb",
+        kernel_start_timeout=300,
+        notebook=lambda wildcards, input: input.get("notebook", NOTEBOOK),
+    message:
+        "Executing {params.notebook} with papermill for the sweep's data set {wildcards.data}"
+    shell:
+        "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} > {log:q} 2>&1; "
+        "rm -f {params.failed_notebook:q}; "
+        "(papermill --no-progress-bar --kernel python3 --start-timeout {params.kernel_start_timeout} "
+        "{params.notebook:q} {output.notebook:q} "
+        "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} -r samples_plot {output.samples:q} "
+        "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} && "
+        "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q}) >> {log:q} 2>&1 "
+        "|| (if [ -f {output.notebook:q} ]; then mv -f {output.notebook:q} {params.failed_notebook:q}; fi; exit 1)"
+
+
 rule train_member:
     input:
-        train=f"{PROCESSED_DIR}/train.npz",
+        train=lambda wildcards: member_data(wildcards.member, "train.npz"),
         run=f"{SWEEP_DIR}/{{member}}/run.json",
         params=f"{SWEEP_DIR}/{{member}}/params.json",
     output:
@@ -206,7 +265,7 @@ rule train_member:
 rule evaluate_member:
     input:
         model=f"{SWEEP_DIR}/{{member}}/model/model.pt",
-        test=f"{PROCESSED_DIR}/test.npz",
+        test=lambda wildcards: member_data(wildcards.member, "test.npz"),
         run=f"{SWEEP_DIR}/{{member}}/run.json",
     output:
         metrics=f"{SWEEP_DIR}/{{member}}/metrics.json",
@@ -240,8 +299,12 @@ rule evaluate_member:
 
 rule train_pack:
     input:
-        train=f"{PROCESSED_DIR}/train.npz",
-        test=f"{PROCESSED_DIR}/test.npz",
+        train=lambda wildcards: sorted(
+            {member_data(m, "train.npz") for m in SWEEP_PACKS[wildcards.pack]}
+        ),
+        test=lambda wildcards: sorted(
+            {member_data(m, "test.npz") for m in SWEEP_PACKS[wildcards.pack]}
+        ),
         parent=SWEEP_RUN_FILE,
     output:
         f"{sweeps.PACK_DIR}/{{pack}}.json",

@@ -62,3 +62,29 @@ def told(members):
             f"{SWEEP_DIR}/{member}/metrics.json",
         )
     ]
+
+
+def member_data(member, name):
+    """A member's prepared data file `name` (train.npz, test.npz): its own data set when it changes the prepare
+    notebook's parameters (rule prepare_sweep_data), else the pipeline's (rule prepare_data).
+    """
+    prepare = sweeps.split(member_params(member))[1]
+    folder = f"{SWEEP_DATA_DIR}/{sweeps.data_id(prepare)}" if prepare else PROCESSED_DIR
+    return f"{folder}/{name}"
+
+
+def data_params(data):
+    """The prepare notebook's parameters of the sweep's data set `data`: a configured member's, or a search trial's
+    (read from the round files written so far: a trial's data is asked for only once its round's file exists).
+    """
+    if data in SWEEP_DATA:
+        return SWEEP_DATA[data]
+    for round_ in range(SEARCH["rounds"] if SEARCH else 0):
+        path = Path(f"{SEARCH_DIR}/round-{round_}.json")
+        if not path.is_file():
+            break
+        trials = sweeps.trial_members(json.loads(path.read_text()), config)
+        found = sweeps.data_sets(trials)
+        if data in found:
+            return found[data]
+    raise WorkflowError(f"{data} is not a data set of this sweep (config sweep:)")

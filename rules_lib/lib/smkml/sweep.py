@@ -1,7 +1,9 @@
 """A sweep's members from config `sweep:` (workflow/rules/sweep.smk): grid, list, random samples, seed replicas.
 
 Each member is one full set of training hyper-parameters (config `train.hyperparameters` with the member's values
-over it) and has a short, stable, readable id: a few `key=value` parts of what it changes, then a hash of all its
+over it), plus the prepare notebook's parameters it changes (`prepare.seed`, `prepare.test_fraction`: the member then
+trains and is evaluated on its own prepared data, one data set per distinct set of them), and has a short, stable,
+readable id: a few `key=value` parts of what it changes, then a hash of all its
 parameters, e.g. `learning_rate=0.01_seed=43_1f2e3d4c`. The same config always gives the same ids in the same
 order. Every problem is found before anything runs and named by its config key (SweepError).
 
@@ -32,6 +34,49 @@ class SweepError(ValueError):
     """A sweep configuration refused before anything runs; the message names the config key."""
 
 
+# The prepare notebook's parameters a sweep can vary, as `prepare.<key>` (every key of config `prepare:` but the
+# notebook itself). A member that changes one trains on its own prepared data (data_id, split).
+PREPARE_PREFIX = "prepare."
+
+
+def prepare_schemas() -> dict[str, Mapping]:
+    """{"prepare.<key>": that key's schema} of the sweepable prepare parameters."""
+    properties = schemas.node("config", "properties", "prepare", "properties")
+    return {PREPARE_PREFIX + key: spec for key, spec in properties.items() if key != "notebook"}
+
+
+def sweepable(config: Mapping) -> dict:
+    """Every key a sweep can set, with its configured value: train.hyperparameters, then `prepare.<key>`."""
+    prepare = config.get("prepare") or {}
+    found = dict(config["train"]["hyperparameters"])
+    for key in prepare_schemas():
+        if key[len(PREPARE_PREFIX):] in prepare:
+            found[key] = prepare[key[len(PREPARE_PREFIX):]]
+    return found
+
+
+def split(params: Mapping) -> tuple[dict, dict]:
+    """(training hyper-parameters, prepare notebook parameters without the prefix) of a member's parameters."""
+    training = {key: value for key, value in params.items() if not key.startswith(PREPARE_PREFIX)}
+    prepare = {key[len(PREPARE_PREFIX):]: value for key, value in params.items() if key.startswith(PREPARE_PREFIX)}
+    return training, prepare
+
+
+def data_id(prepare: Mapping) -> str | None:
+    """The id of the prepared data a member with these prepare parameters uses (None: the pipeline's own data)."""
+    return member_id(dict(sorted(prepare.items())), dict(prepare)) if prepare else None
+
+
+def data_sets(members_: Mapping[str, Mapping]) -> dict[str, dict]:
+    """{data id: prepare notebook parameters} of the members that change them, in the members' order."""
+    found: dict[str, dict] = {}
+    for params in members_.values():
+        prepare = split(params)[1]
+        if prepare:
+            found.setdefault(data_id(prepare), prepare)
+    return found
+
+
 def configured(sweep: Mapping | None) -> bool:
     """Whether `sweep:` asks for more than today's single run."""
     sweep = sweep or {}
@@ -45,9 +90,12 @@ def _check_keys(where: str, values: Mapping, allowed: Mapping) -> None:
         raise SweepError(f"config {where} is empty: give at least one parameter")
     for key in values:
         if key not in allowed:
+            training = sorted(k for k in allowed if not k.startswith(PREPARE_PREFIX))
+            prepare = sorted(k for k in allowed if k.startswith(PREPARE_PREFIX))
+            also = f"; the prepare notebook's: {prepare}" if prepare else ""
             raise SweepError(
                 f"config {where}.{key}: {key!r} is not a training hyper-parameter (train.hyperparameters has "
-                f"{sorted(allowed)})"
+                f"{training}{also})"
             )
 
 
@@ -154,7 +202,7 @@ class ParamsCheck:
             import jsonschema
 
             self.validator = jsonschema.Draft202012Validator(schema)
-            self.properties = schema.get("properties", {})
+            self.properties = {**schema.get("properties", {}), **prepare_schemas()}
         self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, changed: Mapping, member: str) -> None:
@@ -170,7 +218,8 @@ class ParamsCheck:
             if errors:
                 error = errors[0]
                 where = ".".join([key, *(str(part) for part in error.path)])
-                raise SweepError(f"config sweep: member {member} sets train.hyperparameters.{where}: {error.message}")
+                where = where if key.startswith(PREPARE_PREFIX) else f"train.hyperparameters.{where}"
+                raise SweepError(f"config sweep: member {member} sets {where}: {error.message}")
             self.seen.add(token)
 
 
@@ -188,26 +237,32 @@ def members(config: Mapping, schema: Mapping | None = None) -> dict[str, dict]:
     if sweep.get("search"):  # an adaptive search: its members come round by round (trial_members); checked here
         search(config, schema)
         return {}
-    base = dict(config["train"]["hyperparameters"])
-    sets = grid_sets(sweep.get("grid") or {}, base) + list_sets(sweep.get("list") or [], base)
-    sets += random_sets(sweep.get("random"), base)
+    available = sweepable(config)
+    sets = grid_sets(sweep.get("grid") or {}, available) + list_sets(sweep.get("list") or [], available)
+    sets += random_sets(sweep.get("random"), available)
     seeds = sweep.get("seeds", 0)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise SweepError(f"config sweep.seeds: give a number of replicas >= 0, not {seeds!r}")
     seed_key = sweep.get("seed_key", "seed")
-    if seeds and seed_key not in base:
+    if seeds and seed_key not in available:
         raise SweepError(
             f"config sweep.seed_key: {seed_key!r} is not a training hyper-parameter (train.hyperparameters has "
-            f"{sorted(base)}), so sweep.seeds cannot replicate"
+            f"{sorted(k for k in available if not k.startswith(PREPARE_PREFIX))}) or a prepare parameter "
+            f"({sorted(k for k in available if k.startswith(PREPARE_PREFIX))}), so sweep.seeds cannot replicate"
         )
     if seeds and any(seed_key in values for values in sets):
         raise SweepError(f"config sweep.seeds: {seed_key!r} is also swept (grid, list or random): choose one")
     if not sets:
         sets = [{}]  # seeds alone: replicas of train.hyperparameters
+    # Every member carries the prepare parameters that any member changes (one column each in the aggregate);
+    # a sweep of training hyper-parameters alone keeps exactly them (and the same ids).
+    touched = {key for values in sets for key in values} | ({seed_key} if seeds else set())
+    base = dict(config["train"]["hyperparameters"])
+    base.update({key: available[key] for key in sorted(touched) if key.startswith(PREPARE_PREFIX)})
     found: dict[str, dict] = {}
     check = ParamsCheck(schema)
     for values in sets:
-        replicas = [{}] if not seeds else [{seed_key: base[seed_key] + k} for k in range(seeds)]
+        replicas = [{}] if not seeds else [{seed_key: available[seed_key] + k} for k in range(seeds)]
         for replica in replicas:
             changed = {**values, **replica}
             params = {**base, **changed}
@@ -270,7 +325,7 @@ def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
         raise SweepError(f"config {where}.trials: {numbers['trials']} trials are fewer than one round of "
                          f"{where}.batch = {numbers['batch']}: lower batch or raise trials")
     space = spec.get("space") or {}
-    base = dict(config["train"]["hyperparameters"])
+    base = sweepable(config)
     _check_keys(f"{where}.space", space, base)
     for key, value in space.items():
         check_spec(key, value, f"{where}.space")
@@ -279,7 +334,9 @@ def search(config: Mapping, schema: Mapping | None = None) -> dict | None:
             check_params({**base, key: end}, schema, f"of {where}.space.{key} = {end!r}")
     shape = {"sampler": sampler, "batch": numbers["batch"], "startup": numbers["startup"], "seed": numbers["seed"],
              "space": space, "metric": sweep.get("metric", "accuracy"), "direction": sweep.get("direction", "maximize"),
-             "base": base}
+             # what trials do not sample: the hyper-parameters, and the prepare parameters when the space has one
+             "base": {key: value for key, value in base.items()
+                      if not key.startswith(PREPARE_PREFIX) or any(k.startswith(PREPARE_PREFIX) for k in space)}}
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:HASH_LENGTH]
     return {**{k: v for k, v in shape.items() if k != "base"}, "trials": numbers["trials"],
             "rounds": math.ceil(numbers["trials"] / numbers["batch"]), "study": f"{sampler}-{digest}"}
@@ -291,7 +348,8 @@ def round_size(search_: Mapping, round_: int) -> int:
 
 
 def trial_member(number: int, sampled: Mapping, base: Mapping) -> tuple[str, dict]:
-    """A trial's member id (`trial=<number>_` and the sampled values, then the hash) and full hyper-parameters."""
+    """A trial's member id (`trial=<number>_` and the sampled values, then the hash) and full hyper-parameters
+    (`base`: train.hyperparameters; prepare parameters only where the study samples them)."""
     params = {**base, **sampled}
     return member_id({"trial": number, **sampled}, params), params
 
@@ -364,7 +422,7 @@ def training_args(member: str, params: Mapping, train: str, folder: str, checkpo
     checkpoints (results/checkpoints/sweep/<member>)."""
     return [
         "--train", train, "--out-dir", f"{folder}/model", "--run-file", f"{folder}/run.json",
-        "--params", json.dumps(params, sort_keys=True),
+        "--params", json.dumps(split(params)[0], sort_keys=True),
         "--checkpoint-dir", f"results/checkpoints/sweep/{member}", "--checkpoint-every", str(checkpoint_every),
     ]
 

@@ -75,7 +75,11 @@ def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, pa
         run_name=name,
         tags={"mlflow.parentRunId": parent["run_id"], "sweep.member": name, **slurm_job_tag("sweep_member")},
     )
-    for key, value in flatten(params, "train.hyperparameters.").items():
+    # Its training hyper-parameters under their config path, and the prepare notebook's parameters it changes
+    # (`prepare.seed`, ...) as they are named in the sweep.
+    training = {key: value for key, value in params.items() if not key.startswith("prepare.")}
+    prepare = {key: value for key, value in params.items() if key.startswith("prepare.")}
+    for key, value in {**flatten(training, "train.hyperparameters."), **prepare}.items():
         client.log_param(run.info.run_id, key, value)
     info = {**parent, "run_id": run.info.run_id, "parent_run_id": parent["run_id"], "member": name}
     run_file = Path(run_file)
