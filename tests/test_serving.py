@@ -366,7 +366,7 @@ def test_the_pods_image_runs_as_non_root_with_the_venv_and_no_index(served):
     user = served["deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert config["User"] == f"{user}:{user}" and config["WorkingDir"] == "/workdir", config
     assert "PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin" in config["Env"], config["Env"]
-    script = ("id -u; command -v python snakemake; "
+    script = ("id -u; command -v python; command -v snakemake; "
               "pip install --quiet --target .snakemake/pip-deployments snakemake-storage-plugin-s3 && "
               "PYTHONPATH=.snakemake/pip-deployments python -c 'import snakemake_storage_plugin_s3; print(\"plugin ok\")'")
     result = podman("run", "--rm", "--network", "none", base, "sh", "-c", script, conf=conf, timeout=600)
