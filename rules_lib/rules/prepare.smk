@@ -3,6 +3,10 @@
 # machine, and any other input is read from the bucket: there the notebook comes with the sources Snakemake deploys
 # to every pod, and its sha256, a parameter, reruns the step when it changes.
 NOTEBOOK = project_file(config["prepare"]["notebook"])
+# Seconds the notebook's kernel may take to start, in both prepare steps (prepare_data; prepare_sweep_data in
+# sweep.smk): papermill's default, 60, is too short on a busy login node or CI machine (the first start in a new home
+# also builds matplotlib's font cache).
+KERNEL_START_TIMEOUT = 300
 
 
 rule prepare_data:
@@ -48,9 +52,7 @@ rule prepare_data:
         # Where the executed notebook, with the error, is kept when the step fails (Snakemake deletes the outputs
         # of a failed job). Not a `log:` entry: a failed job's logs are printed whole, and a notebook is JSON.
         failed_notebook="logs/prepare_data.ipynb",
-        # Seconds the notebook's kernel may take to start (papermill's default, 60, is too short on a busy login node
-        # or CI machine: the first start in a new home also builds matplotlib's font cache).
-        kernel_start_timeout=300,
+        kernel_start_timeout=KERNEL_START_TIMEOUT,
         # The notebook papermill runs: the input, or in pods the deployed source (a function of the input: not
         # recorded as a parameter, so where the steps run is no reason to rerun).
         notebook=lambda wildcards, input: input.get("notebook", NOTEBOOK),

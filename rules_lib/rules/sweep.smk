@@ -210,7 +210,7 @@ rule prepare_sweep_data:
         ),
         package=PACKAGE,
         failed_notebook=lambda wildcards: f"logs/sweep/data/{wildcards.data}/prepare.ipynb",
-        kernel_start_timeout=300,
+        kernel_start_timeout=KERNEL_START_TIMEOUT,
         notebook=lambda wildcards, input: input.get("notebook", NOTEBOOK),
     message:
         "Executing {params.notebook} with papermill for the sweep's data set {wildcards.data}"

@@ -50,15 +50,15 @@ def sweepable(config: Mapping) -> dict:
     prepare = config.get("prepare") or {}
     found = dict(config["train"]["hyperparameters"])
     for key in prepare_schemas():
-        if key[len(PREPARE_PREFIX):] in prepare:
-            found[key] = prepare[key[len(PREPARE_PREFIX):]]
+        if key.removeprefix(PREPARE_PREFIX) in prepare:
+            found[key] = prepare[key.removeprefix(PREPARE_PREFIX)]
     return found
 
 
 def split(params: Mapping) -> tuple[dict, dict]:
     """(training hyper-parameters, prepare notebook parameters without the prefix) of a member's parameters."""
     training = {key: value for key, value in params.items() if not key.startswith(PREPARE_PREFIX)}
-    prepare = {key[len(PREPARE_PREFIX):]: value for key, value in params.items() if key.startswith(PREPARE_PREFIX)}
+    prepare = {key.removeprefix(PREPARE_PREFIX): value for key, value in params.items() if key.startswith(PREPARE_PREFIX)}
     return training, prepare
 
 
