@@ -7,7 +7,7 @@
 
 Generates the demo project once (cookiecutter defaults) in a temporary directory and runs the project's own
 training command (`training_command()` of workflow/lib/smkml/launch.py with the `local` launcher: plain `python`
-for one rank, `torchrun --standalone` / `horovodrun --gloo` for several) on the synthetic set and in the
+for one rank, `python -m <package>.local_ranks` for several) on the synthetic set and in the
 configuration of benchmarks/throughput.py (MLP 64 -> 1024 -> 1024 -> 10, a fixed batch of 4096 samples per rank,
 Adam, 4 epochs; throughput is the training's own steady-state samples/s from history.json). Cases:
 

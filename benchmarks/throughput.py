@@ -5,8 +5,8 @@ container against no container, as ratios measured side by side in one run.
 
 Generates the demo project once (cookiecutter defaults) in a temporary directory and writes a synthetic
 classification set there (65536 samples x 64 features, 10 classes). Every run is the project's own launch
-command (`training_command()` from workflow/lib/smkml/launch.py: `horovodrun -np 2 --gloo`, `torchrun
---standalone --nproc-per-node=2`, plain `python` for 1 rank) of `python -m <package>.train`.
+command (`training_command()` from workflow/lib/smkml/launch.py: `python -m <package>.local_ranks --processes 2`
+for 2 ranks of either backend, plain `python` for 1 rank) of `python -m <package>.train`.
 
 Compute-bound configuration: an MLP 64 -> 1024 -> 1024 -> 10 (about 1.1 M parameters), a FIXED BATCH PER RANK of
 4096 samples (global batch 4096 for 1 rank, 8192 for 2 ranks: weak scaling, the way data-parallel throughput is
@@ -176,7 +176,7 @@ def command_for(
         launcher="local", backend=case.backend, processes=case.ranks, package=package, args=args
     )
     if case.horovod_cycle_ms is not None:
-        # horovodrun passes the variable on to its ranks; Horovod reads it at hvd.init().
+        # The launcher passes its environment on to the ranks; Horovod reads the variable at hvd.init().
         command = f"HOROVOD_CYCLE_TIME={case.horovod_cycle_ms:g} {command}"
     if case.contained:
         # The project is mounted at /mnt (a directory every Debian image has) and the launcher runs inside the

@@ -82,21 +82,15 @@ def slurm_lines(runtime: str) -> dict:
 
 
 GOLDEN = {
-    ("none", "local-horovod"): "horovodrun -np 2 -H localhost:2 --gloo --network-interface lo python -m demo.train --backend horovod",
-    ("none", "local-ddp"): "torchrun --standalone --nnodes=1 --nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train --backend torch_ddp",
+    ("none", "local-horovod"): "python -m demo.local_ranks --backend horovod --processes 2 -- python -m demo.train --backend horovod",
+    ("none", "local-ddp"): "python -m demo.local_ranks --backend torch_ddp --processes 2 -- python -m demo.train --backend torch_ddp",
     # Apptainer / Singularity / Charliecloud: the local launcher runs inside the image.
-    ("apptainer", "local-horovod"): "apptainer exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 --gloo "
-    "--network-interface lo python -m demo.train --backend horovod",
-    ("apptainer", "local-ddp"): "apptainer exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
-    "--nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train --backend torch_ddp",
-    ("singularity", "local-horovod"): "singularity exec containers/images/demo.sif horovodrun -np 2 -H localhost:2 "
-    "--gloo --network-interface lo python -m demo.train --backend horovod",
-    ("singularity", "local-ddp"): "singularity exec containers/images/demo.sif torchrun --standalone --nnodes=1 "
-    "--nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train --backend torch_ddp",
-    ("charliecloud", "local-horovod"): f"{CH} horovodrun -np 2 -H localhost:2 --gloo --network-interface lo python -m demo.train "
-    "--backend horovod",
-    ("charliecloud", "local-ddp"): f"{CH} torchrun --standalone --nnodes=1 --nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train "
-    "--backend torch_ddp",
+    ("apptainer", "local-horovod"): "apptainer exec containers/images/demo.sif python -m demo.local_ranks --backend horovod --processes 2 -- python -m demo.train --backend horovod",
+    ("apptainer", "local-ddp"): "apptainer exec containers/images/demo.sif python -m demo.local_ranks --backend torch_ddp --processes 2 -- python -m demo.train --backend torch_ddp",
+    ("singularity", "local-horovod"): "singularity exec containers/images/demo.sif python -m demo.local_ranks --backend horovod --processes 2 -- python -m demo.train --backend horovod",
+    ("singularity", "local-ddp"): "singularity exec containers/images/demo.sif python -m demo.local_ranks --backend torch_ddp --processes 2 -- python -m demo.train --backend torch_ddp",
+    ("charliecloud", "local-horovod"): f"{CH} python -m demo.local_ranks --backend horovod --processes 2 -- python -m demo.train --backend horovod",
+    ("charliecloud", "local-ddp"): f"{CH} python -m demo.local_ranks --backend torch_ddp --processes 2 -- python -m demo.train --backend torch_ddp",
     # On Slurm, one container per rank (torchrun: per node), started by the launcher from the host, as LUMI
     # documents: srun --cpu-bind=mask_cpu:... singularity exec --rocm -B <binds> image python ...
     **{key: line for runtime in ("none", "apptainer", "singularity", "charliecloud")
@@ -253,6 +247,6 @@ def test_project_dry_run_shows_the_containerised_command(project):
     assert config["container"] == {"runtime": "none", "image": "", "gpu": "auto", "binds": []}
     result = dry_run(project, "container={runtime: apptainer, image: containers/images/demo.sif}", "-p")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert ("apptainer exec containers/images/demo.sif torchrun --standalone --nnodes=1 --nproc-per-node=2 "
-            "--local-addr=127.0.0.1 -m digits_classifier.train --backend torch_ddp") in result.stdout
+    assert ("apptainer exec containers/images/demo.sif python -m digits_classifier.local_ranks --backend torch_ddp "
+            "--processes 2 -- python -m digits_classifier.train --backend torch_ddp") in result.stdout
     assert run(["git", "status", "--porcelain", "containers"], project).stdout == ""  # images are git-ignored

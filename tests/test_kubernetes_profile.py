@@ -128,7 +128,7 @@ def test_gpu_training_pod(default_submission):
     assert not spec.get("nodeSelector")
     # One rank per GPU, started in the pod without a launcher and without a container runtime of its own.
     assert "python -m digits_classifier.train --backend horovod" in command
-    assert "horovodrun" not in command and "singularity" not in command and "apptainer" not in command
+    assert "local_ranks" not in command and "singularity" not in command and "apptainer" not in command
 
 
 def test_a_retried_step_asks_for_twice_the_memory(default_submission):
@@ -154,7 +154,7 @@ def test_cpu_training_pod(project, s3_server, bucket_prefix, tmp_path):
     assert resources["requests"]["memory"] == "4000M"
     assert not any(name.endswith("/gpu") for name in resources["requests"])
     assert not spec.get("tolerations")
-    assert "horovodrun -np 2 -H localhost:2 --gloo --network-interface lo python -m digits_classifier.train" in command
+    assert "python -m digits_classifier.local_ranks --backend horovod --processes 2 -- python -m digits_classifier.train" in command
 
 
 def test_amd_gpus_on_a_machine_type(project, s3_server, bucket_prefix, tmp_path):
@@ -170,7 +170,7 @@ def test_amd_gpus_on_a_machine_type(project, s3_server, bucket_prefix, tmp_path)
     assert resources["limits"]["cpu"] == "4000m"  # cpus 1 x 4 ranks
     assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "mi250x-8"}
     assert [t["key"] for t in spec["tolerations"]] == ["amd.com/gpu"]
-    assert "horovodrun -np 4 -H localhost:4 --gloo --network-interface lo python -m digits_classifier.train" in command
+    assert "python -m digits_classifier.local_ranks --backend horovod --processes 4 -- python -m digits_classifier.train" in command
 
 
 def test_without_a_pod_image_nothing_is_submitted(project, s3_server, bucket_prefix, tmp_path):

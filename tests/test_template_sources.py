@@ -44,10 +44,10 @@ PACKAGE_ARGS = dict(package="demo", args=["--train", "data/processed/train.npz",
     "launcher, backend, processes, expected",
     [
         ("local", "horovod", 2,
-         "horovodrun -np 2 -H localhost:2 --gloo --network-interface lo python -m demo.train --backend horovod "
+         "python -m demo.local_ranks --backend horovod --processes 2 -- python -m demo.train --backend horovod "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("local", "torch_ddp", 2,
-         "torchrun --standalone --nnodes=1 --nproc-per-node=2 --local-addr=127.0.0.1 -m demo.train --backend torch_ddp "
+         "python -m demo.local_ranks --backend torch_ddp --processes 2 -- python -m demo.train --backend torch_ddp "
          "--train data/processed/train.npz --params '{\"epochs\": 3}'"),
         ("local", "horovod", 1,
          "env HOROVOD_CONTROLLER=gloo HOROVOD_CPU_OPERATIONS=gloo python -m demo.train --backend horovod --train data/processed/train.npz --params '{\"epochs\": 3}'"),

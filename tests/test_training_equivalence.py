@@ -81,7 +81,8 @@ def largest_differences(a, b) -> tuple[float, float]:
 def test_each_run_used_its_launcher_and_ranks(trained):
     for (backend, ranks), (history, _, command) in trained.items():
         assert (history["backend"], history["world_size"]) == (backend, ranks)
-        launcher = {("horovod", 2): "horovodrun -np 2", ("torch_ddp", 2): "torchrun",
+        launcher = {("horovod", 2): "python -m digits_classifier.local_ranks --backend horovod --processes 2 --",
+                    ("torch_ddp", 2): "python -m digits_classifier.local_ranks --backend torch_ddp --processes 2 --",
                     # one Horovod rank: no launcher, Horovod's Gloo controller (no MPI singleton)
                     ("horovod", 1): "env HOROVOD_CONTROLLER=gloo HOROVOD_CPU_OPERATIONS=gloo python -m"}.get(
             (backend, ranks), "python -m")

@@ -8,7 +8,11 @@ TRAIN_CONTAINER = resolve_container(
 )
 # A launcher that cannot start this backend stops the run here (e.g. torchrun with Horovod).
 launcher_prefix(
-    CLUSTER["launcher"], config["train"]["backend"], TRAIN.ranks, TRAIN.layout
+    CLUSTER["launcher"],
+    config["train"]["backend"],
+    TRAIN.ranks,
+    TRAIN.layout,
+    package=PACKAGE,
 )
 
 

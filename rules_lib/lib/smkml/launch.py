@@ -2,7 +2,7 @@
 
 This is the one place that decides how ranks are started and where they run. Each layer is chosen in one place:
 
-    launcher   the cluster description the profile loads (`cluster.launcher`): local (horovodrun/torchrun); srun,
+    launcher   the cluster description the profile loads (`cluster.launcher`): local (<package>.local_ranks); srun,
                torchrun (per node, started by srun) or mpirun inside a Slurm job; without a cluster profile, local.
                A multi-rank Slurm launch starts with slurm_launch.py on the host: rendezvous address and port from
                the allocation, srun's MPI plugin for Horovod, per-job caches
@@ -11,8 +11,9 @@ This is the one place that decides how ranks are started and where they run. Eac
     python     `python -m <package>.train --backend <train.backend>`
 
 On a cluster the launcher starts one container per rank (`srun ... singularity exec ... python`), as LUMI and LRZ
-do; locally the launcher is itself a Python program shipped with torch/Horovod, so it runs inside the container
-(`ch-run ... -- torchrun ... -m <package>.train`) and the ranks share the image's environment.
+do; locally the launcher is the package's own Python program, so it runs inside the container
+(`ch-run ... -- python -m <package>.local_ranks ... -- python -m <package>.train`) and the ranks share the image's
+environment.
 The allowed launchers, backends, runtimes and GPU flavours are the schema's (workflow/schemas/).
 """
 
@@ -146,8 +147,11 @@ def srun_layout(layout: dict | None, processes: int) -> list[str]:
 HOROVOD_ONE_RANK = ["HOROVOD_CONTROLLER=gloo", "HOROVOD_CPU_OPERATIONS=gloo"]
 
 
-def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | None = None) -> tuple[list[str], list[str]]:
-    """(words before the container, words after it) that start `processes` ranks of the Python that follows."""
+def launcher_prefix(
+    launcher: str, backend: str, processes: int, layout: dict | None = None, *, package: str
+) -> tuple[list[str], list[str]]:
+    """(words before the container, words after it) that start `processes` ranks of the Python that follows
+    (`python -m <package>.train`: a local launch starts them with `python -m <package>.local_ranks`)."""
     _check("launcher", launcher, LAUNCHERS)
     _check("backend", backend, BACKENDS)
     if processes < 1:
@@ -174,14 +178,10 @@ def launcher_prefix(launcher: str, backend: str, processes: int, layout: dict | 
         # Inside a Slurm allocation, Open MPI's mpirun starts the ranks on the allocated nodes (Horovod with an MPI
         # that lacks Slurm PMI, as Debian's). Rank and size reach Horovod through MPI, DDP through OMPI_COMM_WORLD_*.
         return ["mpirun", "-np", str(processes), "--bind-to", "none"], []
-    # Local: every rank on this machine, so the ranks talk over loopback only (Gloo on `lo`, the DDP rendezvous at
-    # 127.0.0.1), never on an interface others can reach. The launchers' own rendezvous servers (torch's TCPStore in
-    # torchrun, Horovod's HTTP rendezvous in horovodrun) bind every interface whatever they are told (torch 2.13,
-    # Horovod 0.28.1 have no option): tests/test_secrets_and_limits.py pins both facts.
-    if backend == "horovod":
-        return ["horovodrun", "-np", str(processes), "-H", f"localhost:{processes}", "--gloo",
-                "--network-interface", "lo"], []
-    return ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}", "--local-addr=127.0.0.1"], []
+    # Local: every rank on this machine, started by the package's own launcher (<package>.local_ranks) with every
+    # socket on loopback: its rendezvous server, the ranks' store and Gloo. horovodrun and torchrun would host a
+    # rendezvous server on every interface (Horovod 0.28.1, torch 2.13 have no bind option).
+    return ["python", "-m", f"{package}.local_ranks", "--backend", backend, "--processes", str(processes), "--"], []
 
 
 def slurm_launch_prefix(
@@ -216,7 +216,7 @@ def training_command(
     `layout` places the ranks of a Slurm launch (resources.Step.layout); `mpi` and `cache_dir` are the cluster
     description's (see slurm_launch.py, which runs first on the host for every multi-rank Slurm launch).
     """
-    before, after = launcher_prefix(launcher, backend, processes, layout)
+    before, after = launcher_prefix(launcher, backend, processes, layout, package=package)
     module = ["-m", f"{package}.train"]
     python = module if after[:1] == ["torchrun"] or before[:1] == ["torchrun"] else ["python", *module]
     runtime = runtime_prefix(container)

@@ -230,6 +230,26 @@ def ddp_environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def rendezvous_store(env: dict[str, str]):
+    """The ranks' TCPStore at MASTER_ADDR:MASTER_PORT, its server in rank 0 listening on that address only.
+
+    torch's own (init_process_group's env:// rendezvous) listens on every interface of rank 0's machine; here rank 0
+    binds the socket itself (127.0.0.1 for a local run, the first node's address on a cluster) and hands it to the
+    store. The other ranks connect to it and wait up to the process group's timeout for rank 0 to come up.
+    """
+    from torch.distributed import TCPStore
+    from torch.distributed.constants import default_pg_timeout
+
+    host, port, size = env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"])
+    if env["RANK"] != "0":
+        return TCPStore(host, port, size, False, default_pg_timeout)
+    try:
+        listener = socket.create_server((host, port), backlog=max(size, 128))
+    except OSError as error:
+        raise SystemExit(f"torch DDP: rank 0 cannot listen at MASTER_ADDR:MASTER_PORT {host}:{port}: {error}") from error
+    return TCPStore(host, port, size, True, default_pg_timeout, master_listen_fd=listener.detach())
+
+
 class TorchDDPBackend(Backend):
     name = "torch_ddp"
 
@@ -243,7 +263,11 @@ class TorchDDPBackend(Backend):
         self.local_rank, self.local_size = int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])
         self._use_device(device)
         # NCCL (RCCL on ROCm) for GPU tensors, Gloo for CPU tensors.
-        dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's agent hosts the store
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=rendezvous_store(env), rank=self.rank, world_size=self.size)
 
     def prepare(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel
