@@ -13,6 +13,7 @@ import re
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from smkml import slurm_launch
@@ -84,6 +85,49 @@ def test_ranks_on_both_nodes_meet_at_the_first_nodes_address(slurm_cluster, tmp_
     assert f"rendezvous: MASTER_ADDR={address} (first node nid001) MASTER_PORT={port}" in out, out
     ranks = sorted(RANK_LINE.findall(out))  # ranks on two nodes share one output file: lines may run together
     assert ranks == [(str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)], out
+
+
+# The project's own DDP start (backends.py: ddp_environment and rendezvous_store), and what listens on MASTER_PORT in
+# the first node's network namespace while the ranks are connected (rank 0 reads its own /proc/net/tcp*).
+STORE_PROBE = textwrap.dedent(
+    """
+    import importlib.util, os, socket, sys, torch, torch.distributed as dist
+    spec = importlib.util.spec_from_file_location("backends", sys.argv[1])
+    backends = importlib.util.module_from_spec(spec); spec.loader.exec_module(backends)
+    env = backends.ddp_environment(dict(os.environ))
+    rank, size, port = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["MASTER_PORT"])
+    dist.init_process_group("gloo", store=backends.rendezvous_store(env), rank=rank, world_size=size)
+    if rank == 0:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in open(table).read().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    host = local.rsplit(":", 1)[0]
+                    address = ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(host) == 8 else host
+                    print(f"store listens at {address}:{port} on {socket.gethostname()}", flush=True)
+    total = torch.tensor(float(rank)); dist.all_reduce(total)
+    print(f"rank {rank}/{size} on {socket.gethostname()} sum {int(total)} at {env['MASTER_ADDR']}:{port}", flush=True)
+    dist.destroy_process_group()
+    """
+)
+BACKENDS = Path(__file__).parents[1] / "{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/backends.py"
+
+
+def test_the_projects_ddp_store_listens_on_the_first_nodes_address_only(slurm_cluster, tmp_path):
+    """`launcher: srun` with torch DDP: rank 0 hosts the ranks' store on MASTER_ADDR (the first node's address),
+    not on every interface as torch's own env:// rendezvous would."""
+    slurm_cluster.require_isolation()
+    probe = tmp_path / "store_probe.py"
+    probe.write_text(STORE_PROBE)
+    job = submit(slurm_cluster, tmp_path, "store", 2,
+                 f"{launch('--nodes', '2', '--backend', 'torch_ddp')} srun --nodes=2 --ntasks-per-node=2 "
+                 f"{sys.executable} {probe} {BACKENDS}")
+    wait(slurm_cluster, [job])
+    out = (tmp_path / "store.out").read_text()
+    address, port = slurm_cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
+    assert re.findall(r"store listens at ([\w.:]+) on (nid\d+)", out) == [(f"{address}:{port}", "nid001")], out
+    assert sorted(RANK_LINE.findall(out)) == [
+        (str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)], out
 
 
 def test_torchrun_per_node_across_both_nodes(slurm_cluster, tmp_path, probe):

@@ -235,12 +235,15 @@ def rendezvous_store(env: dict[str, str]):
 
     torch's own (init_process_group's env:// rendezvous) listens on every interface of rank 0's machine; here rank 0
     binds the socket itself (127.0.0.1 for a local run, the first node's address on a cluster) and hands it to the
-    store. The other ranks connect to it and wait up to the process group's timeout for rank 0 to come up.
+    store. The other ranks connect to it and wait up to the process group's timeout for rank 0 to come up. A single
+    process gets an in-process store.
     """
-    from torch.distributed import TCPStore
+    from torch.distributed import HashStore, TCPStore
     from torch.distributed.constants import default_pg_timeout
 
     host, port, size = env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"])
+    if size == 1:
+        return HashStore()  # a world of one meets nobody: an in-process store, no socket at all
     if env["RANK"] != "0":
         return TCPStore(host, port, size, False, default_pg_timeout)
     try:

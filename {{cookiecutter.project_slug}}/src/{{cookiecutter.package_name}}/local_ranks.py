@@ -73,43 +73,51 @@ def exit_status(returncode: int) -> int:
 
 
 def run_ranks(command: list[str], environments: list[dict[str, str]]) -> int:
-    """Start one process per environment, pass signals on, stop the rest when one fails; the run's exit status."""
+    """Start one process per environment, pass signals on, stop the rest when one fails; the run's exit status.
+
+    The ranks are reaped here only (os.waitpid), and signalled by pid while they have not been reaped."""
     ranks = [
         subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1", **environment})
         for environment in environments
     ]
+    running = {rank.pid: index for index, rank in enumerate(ranks)}
+    passed_on: list[int] = []
 
-    def pass_on(signum, _frame):
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.send_signal(signum)
+    def send(signum: int) -> None:
+        for pid in list(running):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def pass_on(signum, _frame) -> None:
+        passed_on.append(signum)
+        send(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, pass_on)
 
-    def kill_survivors():
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.kill()
-
-    status, running = 0, {rank.pid: index for index, rank in enumerate(ranks)}
+    status = 0
     while running:
-        pid, wait_status = os.waitpid(-1, 0)
+        try:
+            pid, wait_status = os.waitpid(-1, 0)
+        except ChildProcessError:  # pragma: no cover - every rank was reaped
+            break
         if pid not in running:
             continue
         index = running.pop(pid)
         ranks[index].returncode = returncode = os.waitstatus_to_exitcode(wait_status)
         if returncode != 0 and status == 0:
             status = exit_status(returncode)
-            if running:
+            if running and not passed_on:  # a rank failed by itself: the others cannot go on without it
                 print(
                     f"local ranks: rank {index} exited with status {status}; stopping the other "
                     f"{len(running)} rank(s)",
                     file=sys.stderr,
                     flush=True,
                 )
-                pass_on(signal.SIGTERM, None)
-                timer = threading.Timer(GRACE_SECONDS, kill_survivors)
+                send(signal.SIGTERM)
+                timer = threading.Timer(GRACE_SECONDS, send, (signal.SIGKILL,))
                 timer.daemon = True
                 timer.start()
     return status
