@@ -130,3 +130,44 @@ def test_installer_choice_is_checked(tmp_path):
     assert result.returncode == 2
     assert "--installer 'conda' is not one of: auto, uv, pip" in result.stderr
     assert not (tmp_path / "v").exists()
+
+
+def test_early_packages_take_their_pins_from_the_requirements_and_their_includes(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/lock.txt").write_text("# pinned\nBar_Baz==2.0\ntorch==2.13.0  # CPU build from the index\n")
+    (tmp_path / "dev.txt").write_text("-r sub/lock.txt\nfoo==1.0 # a tool\n--extra-index-url https://x.example\n")
+    specs = install_env.early_specs(["bar.baz", "torch", "Foo", "setuptools<81", "wheel"], [str(tmp_path / "dev.txt")])
+    assert specs == ["Bar_Baz==2.0", "torch==2.13.0", "foo==1.0", "setuptools<81", "wheel"]
+
+
+def test_the_beside_command_starts_once_the_early_packages_are_in(tmp_path, wheelhouse):
+    """make env compiles Horovod beside the install: the command sees its early packages installed; the install
+    waits for it and says so."""
+    marker = tmp_path / "beside-saw-yaml"
+    python = tmp_path / "venv/bin/python"
+    result, venv = offline_install(tmp_path, wheelhouse, "--early", "pyyaml",
+                                   "--beside", f"{python} -c 'import yaml' && touch {marker}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"installing {pin('pyyaml')}, " in output, output  # the early package at the lock's pin
+    assert marker.exists(), output
+    assert "starting beside the install:" in output and "done beside the install in" in output, output
+
+
+def test_a_failing_beside_command_fails_the_install(tmp_path, wheelhouse):
+    result, _ = offline_install(tmp_path, wheelhouse, "--early", "pyyaml", "--beside", "echo compiling; exit 3")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "install_env: error: failed (3): echo compiling; exit 3" in result.stderr
+
+
+def test_a_failed_install_stops_the_beside_command_and_what_it_started(tmp_path, wheelhouse):
+    """The requirements cannot be installed (a pin the wheelhouse lacks): the beside command and its children are
+    stopped, not left compiling."""
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "bad.txt").write_text("no-such-package==1.0\n")
+    result, _ = offline_install(tmp_path, wheelhouse, "-r", str(tmp_path / "bad.txt"), "--installer", "uv",
+                                "--early", "pyyaml", "--beside", f"sleep 300 & echo $! > {pidfile}; wait")
+    assert result.returncode == 1, result.stdout + result.stderr
+    child = int(pidfile.read_text())
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower(), \
+        "the beside command's child still runs"
