@@ -31,13 +31,9 @@ test: env
 env: $(STAMP)
 
 # The environment is installed by the same script as a generated project's (uv, else pip; INSTALLER=pip: pip only).
-# Horovod compiles against torch while the rest installs: torch and what the build imports go in first, then the
-# wheel is built beside the install (--wheel-only) and installed from the wheel cache after it.
-HOROVOD_BESIDE := --early torch --early numpy --early packaging --early 'setuptools<81' --early wheel \
-	--beside 'bash containers/horovod/build-horovod.sh --python $(VENV)/bin/python --wheel-only'
 $(STAMP): requirements/dev.txt {{cookiecutter.project_slug}}/requirements.lock containers/horovod/build-horovod.sh rules_lib/lib/smkml/install_env.py
 	$(MAKE) --no-print-directory system-deps
-	$(PYTHON) rules_lib/lib/smkml/install_env.py --venv $(VENV) -r requirements/dev.txt $(HOROVOD_BESIDE)
+	$(PYTHON) rules_lib/lib/smkml/install_env.py --venv $(VENV) -r requirements/dev.txt
 	bash containers/horovod/build-horovod.sh --python $(VENV)/bin/python
 	touch $@
 

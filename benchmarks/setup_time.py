@@ -1,6 +1,6 @@
 """Set-up time of a new user (issue 18): `make demo` in a fresh clone with empty caches, phase by phase.
 
-    python benchmarks/setup_time.py [--installers uv,pip,uv-sequential] [--repeats 1] [--json PATH] [--keep]
+    python benchmarks/setup_time.py [--installers uv,pip] [--repeats 1] [--json PATH] [--keep]
 
 Each run clones the template's committed HEAD into a new temporary folder and runs exactly what the README says,
 `make demo`, with INSTALLER set to the installer under test (`make env`'s installer, rules_lib/lib/smkml/
@@ -8,15 +8,9 @@ install_env.py: uv or pip). Runs of the installers alternate, so both see the sa
 from the time each line of make's output arrives:
 
     environment   make's system-package check, the venv, requirements/dev.txt (the generated project's lock
-                  plus the template's tools) with the installer; torch first, then Horovod's wheel compiled
-                  beside the rest of the install (install_env.py --early/--beside; its own time is reported as
-                  horovod_beside_s)
-    horovod       containers/horovod/build-horovod.sh after the install: the wheel from the cache it was just
-                  built into (before the build ran beside the install, this phase was the whole build)
+                  plus the template's tools) with the installer
+    horovod       containers/horovod/build-horovod.sh: download the sdist, compile, install the wheel
     demo          generate the demo project with the default answers and run its whole pipeline (make run)
-
-`uv-sequential` (and `pip-sequential`) is the same install with Horovod built after it instead of beside it
-(`make demo HOROVOD_BESIDE=`), for a side-by-side figure of what the overlap gains.
 
 Caches it owns, empty at the start of every run (new temporary folders, removed afterwards): pip's (PIP_CACHE_DIR),
 uv's (UV_CACHE_DIR) and the Horovod wheel cache (HOROVOD_WHEEL_CACHE). Nothing of ~/.cache is read. Not cleared,
@@ -32,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -78,7 +71,6 @@ def one_run(installer: str, workdir: Path) -> dict:
     # A fresh shell: no virtual environment on PATH (the clone's make creates its own).
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if not (Path(p) / "activate").exists())
-    installer, sequential = installer.removesuffix("-sequential"), installer.endswith("-sequential")
     env.update(INSTALLER=installer, PIP_CACHE_DIR=str(caches["pip-cache"]), UV_CACHE_DIR=str(caches["uv-cache"]),
                HOROVOD_WHEEL_CACHE=str(caches["horovod-wheels"]))
     log = workdir / f"make-demo-{installer}.log"
@@ -86,8 +78,7 @@ def one_run(installer: str, workdir: Path) -> dict:
     say(f"{installer}: make demo in {clone} (log: {log})")
     start = time.monotonic()
     with log.open("w") as out:
-        make = ["make", "demo", *(["HOROVOD_BESIDE="] if sequential else [])]
-        process = subprocess.Popen(make, cwd=clone, env=env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(["make", "demo"], cwd=clone, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             now = time.monotonic() - start
@@ -100,9 +91,7 @@ def one_run(installer: str, workdir: Path) -> dict:
     if not any(f"installed with {installer} in" in line for _, line in lines):
         raise BenchmarkError(f"make demo ({installer}) did not install with {installer}: see {log}")
     phases = phase_times(lines, total)
-    result = {"installer": installer + ("-sequential" if sequential else ""), "total_s": round(total, 1), **{f"{n}_s": t for n, t in phases.items()}}
-    beside = [re.search(r"done beside the install in (\d+) s", line) for _, line in lines]
-    result["horovod_beside_s"] = next((float(m.group(1)) for m in beside if m), None)
+    result = {"installer": installer, "total_s": round(total, 1), **{f"{n}_s": t for n, t in phases.items()}}
     say(f"{installer}: {result}")
     return result
 
@@ -113,14 +102,12 @@ def machine() -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| installer | environment (Horovod compiled beside it) | Horovod build, beside | horovod (after) "
-             "| demo (generate + pipeline) | total | target ≤ 6 min |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| installer | environment | horovod | demo (generate + pipeline) | total | target ≤ 6 min |",
+             "|---|---|---|---|---|---|"]
     for r in runs:
         verdict = ("met" if r["total_s"] <= TARGET_S else "missed") if r["installer"] == "uv" else "-"
-        beside = f"{r['horovod_beside_s']:.0f} s" if r.get("horovod_beside_s") is not None else "-"
-        lines.append(f"| {r['installer']} | {r['environment_s']:.0f} s | {beside} | {r['horovod_s']:.0f} s "
-                     f"| {r['demo_s']:.0f} s | {r['total_s'] / 60:.1f} min | {verdict} |")
+        lines.append(f"| {r['installer']} | {r['environment_s']:.0f} s | {r['horovod_s']:.0f} s | {r['demo_s']:.0f} s "
+                     f"| {r['total_s'] / 60:.1f} min | {verdict} |")
     return "\n".join(lines)
 
 
@@ -132,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the clones, caches and logs")
     args = parser.parse_args(argv)
     installers = args.installers.split(",")
-    bad = [i for i in installers if i not in ("uv", "pip", "uv-sequential", "pip-sequential")]
+    bad = [i for i in installers if i not in ("uv", "pip")]
     if bad or args.repeats < 1:
-        parser.error(f"--installers takes uv, pip, uv-sequential, pip-sequential (got {bad}); --repeats ≥ 1")
+        parser.error(f"--installers takes uv and/or pip (got {bad}); --repeats ≥ 1")
     if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout:
         say("note: the working tree has uncommitted changes; the clone has only the committed HEAD")
     info = machine()

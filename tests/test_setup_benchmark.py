@@ -40,4 +40,4 @@ def test_a_missing_phase_is_an_error():
 def test_installers_are_checked():
     result = subprocess.run([sys.executable, str(TEMPLATE_DIR / "benchmarks/setup_time.py"), "--installers", "conda"],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "--installers takes uv, pip, uv-sequential, pip-sequential" in result.stderr
+    assert result.returncode == 2 and "--installers takes uv and/or pip" in result.stderr

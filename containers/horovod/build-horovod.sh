@@ -64,9 +64,7 @@ if [ -z "$wheel" ]; then
   echo "build-horovod: building Horovod $HOROVOD_VERSION for torch $torch_version ($py_tag, $gpu); about 4 min on 2 cores"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  # (make env installs both first and runs this beside the rest of the install: then pip need not run at all)
-  "$python" -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) >= 81)' 2>/dev/null \
-    || "$python" -m pip install --quiet "setuptools<81" wheel
+  "$python" -m pip install --quiet "setuptools<81" wheel
   "$python" -m pip download --quiet --no-deps --no-binary :all: -d "$work" "horovod==$HOROVOD_VERSION"
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   src="$work/horovod-$HOROVOD_VERSION"

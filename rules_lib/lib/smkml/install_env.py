@@ -1,7 +1,7 @@
 """Create a virtual environment from pinned requirements: with uv when it can be had, with pip otherwise.
 
     python3 workflow/lib/smkml/install_env.py --venv .venv -r requirements.lock [-r FILE ...] [--editable .]
-                                              [--installer auto|uv|pip] [--early PACKAGE ... --beside COMMAND]
+                                              [--installer auto|uv|pip]
 
 `make env` (the project's and the template's) calls this. Standard library only: it runs with the Python that
 creates the environment, before anything is installed.
@@ -16,10 +16,6 @@ creates the environment, before anything is installed.
   (the best match over all of them, `--index-strategy unsafe-best-match`).
 - `--compile-bytecode`: pip writes each module's .pyc at install time, uv only when asked. Without them every
   pipeline step compiles its imports again, on every run where PYTHONDONTWRITEBYTECODE is set.
-- `--early PACKAGE` (repeatable) installs PACKAGE first, at its pin in the requirements, and `--beside COMMAND`
-  then starts COMMAND while the rest installs: `make env` compiles Horovod against torch that way (the compiler
-  keeps both cores busy while the installer mostly waits on downloads and disk). The environment is ready when
-  both are done; it fails when either fails.
 - `--installer auto` (the default) falls back to pip, saying why, when uv cannot be installed (no uv wheel in an
   offline wheelhouse, an unsupported platform) or fails; `--installer uv` stops instead, `--installer pip` never
   uses uv (also: INSTALLER=pip in `make env`).
@@ -29,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -116,84 +110,7 @@ def uv_arguments(settings: dict[str, str]) -> tuple[list[str], dict[str, str], l
     return args, env, notes
 
 
-def requirement_lines(requirements: list[str]) -> dict[str, str]:
-    """Each package's requirement line (`torch==2.13.0`) in the requirement files and the files they include with
-    `-r`, by normalised name."""
-    found: dict[str, str] = {}
-    todo, seen = [Path(r) for r in requirements], set()
-    while todo:
-        path = todo.pop(0).resolve()
-        if path in seen:
-            continue
-        seen.add(path)
-        for raw in path.read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if line.startswith(("-r ", "--requirement ")):
-                todo.append(path.parent / line.split(None, 1)[1].strip())
-            elif line and not line.startswith("-"):
-                found[normalise(re.split(r"[\s<>=!~;\[@]", line, maxsplit=1)[0])] = line
-    return found
-
-
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def early_specs(early: list[str], requirements: list[str]) -> list[str]:
-    """The --early packages as install arguments: a bare name at its pin in the requirements, else as given."""
-    pinned = requirement_lines(requirements)
-    return [pinned.get(normalise(spec), spec) if re.fullmatch(r"[\w.-]+", spec) else spec for spec in early]
-
-
-class Beside:
-    """The --beside command, started once the early packages are in and run while the rest installs."""
-
-    def __init__(self, command: str | None) -> None:
-        self.command, self.process, self.started = command, None, 0.0
-
-    def start(self) -> None:
-        if self.command:
-            say(f"starting beside the install: {self.command}")
-            self.started = time.monotonic()
-            # Its own process group, so that stop() reaches the compiler processes under it too.
-            self.process = subprocess.Popen(["bash", "-c", self.command], start_new_session=True)
-
-    def stop(self) -> None:
-        """Stop it (the install failed)."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait()
-        self.process = None
-
-    def finish(self) -> None:
-        if not self.process:
-            return
-        if self.process.poll() is None:
-            say(f"the install is done; waiting for: {self.command}")
-        status = self.process.wait()
-        self.process = None
-        if status != 0:
-            raise InstallError(f"failed ({status}): {self.command}")
-        say(f"done beside the install in {time.monotonic() - self.started:.0f} s: {self.command}")
-
-
-def install(installer, requirements: list[str], editable: list[str], early: list[str], beside: Beside) -> None:
-    """Early packages, then the beside command started, then the requirements and editable projects."""
-    if early:
-        installer(early)
-    beside.start()
-    try:
-        if requirements:
-            installer([a for r in requirements for a in ("-r", r)])
-        for path in editable:
-            installer(["--no-deps", "-e", path])
-    except BaseException:
-        beside.stop()
-        raise
-    beside.finish()
-
-
-def install_with_uv(python: str, requirements: list[str], editable: list[str], early=(), beside=None) -> None:
+def install_with_uv(python: str, requirements: list[str], editable: list[str]) -> None:
     started = time.monotonic()
     say(f"installing uv {UV_VERSION} into the environment (pip)")
     run([python, "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}"])
@@ -202,18 +119,23 @@ def install_with_uv(python: str, requirements: list[str], editable: list[str], e
     for note in notes:
         say(f"note: {note}")
     settings = " ".join(shlex.quote(a) for a in args[2:]) or "PyPI"
-    say(f"installing {', '.join([*early, *requirements, *editable])} with uv (pip's settings: {settings})")
+    say(f"installing {', '.join(requirements + editable)} with uv (pip's settings: {settings})")
     base = [uv, "pip", "install", "--python", python, "--compile-bytecode", *args]
     uv_env = {**os.environ, **env}
-    install(lambda words: run(base + words, env=uv_env), requirements, editable, list(early), beside or Beside(None))
+    if requirements:
+        run(base + [a for r in requirements for a in ("-r", r)], env=uv_env)
+    for path in editable:
+        run(base + ["--no-deps", "-e", path], env=uv_env)
     say(f"installed with uv in {time.monotonic() - started:.0f} s")
 
 
-def install_with_pip(python: str, requirements: list[str], editable: list[str], early=(), beside=None) -> None:
+def install_with_pip(python: str, requirements: list[str], editable: list[str]) -> None:
     started = time.monotonic()
-    say(f"installing {', '.join([*early, *requirements, *editable])} with pip")
-    install(lambda words: run([python, "-m", "pip", "install", *words]), requirements, editable, list(early),
-            beside or Beside(None))
+    say(f"installing {', '.join(requirements + editable)} with pip")
+    if requirements:
+        run([python, "-m", "pip", "install", *[a for r in requirements for a in ("-r", r)]])
+    for path in editable:
+        run([python, "-m", "pip", "install", "--no-deps", "-e", path])
     say(f"installed with pip in {time.monotonic() - started:.0f} s")
 
 
@@ -226,18 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                         "without its dependencies (they are pinned in the requirements)")
     parser.add_argument("--installer", default=os.environ.get("INSTALLER") or "auto",
                         help="auto (uv, else pip), uv or pip (default: $INSTALLER, else auto)")
-    parser.add_argument("--early", action="append", default=[], metavar="PACKAGE",
-                        help="install PACKAGE first, at its pin in the requirements (repeatable)")
-    parser.add_argument("--beside", metavar="COMMAND",
-                        help="a bash command started once the --early packages are installed, run while the rest "
-                        "installs; the install fails when it fails")
     args = parser.parse_args(argv)
     if args.installer not in INSTALLERS:
         parser.error(f"--installer {args.installer!r} is not one of: {', '.join(INSTALLERS)}")
     missing = [r for r in args.requirements if not Path(r).is_file()]
     if missing:
         parser.error(f"no requirements file {', '.join(missing)}")
-    early = early_specs(args.early, args.requirements)
 
     started = time.monotonic()
     venv = Path(args.venv)
@@ -247,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         run([sys.executable, "-m", "venv", str(venv)])
     try:
         if args.installer == "pip":
-            install_with_pip(python, args.requirements, args.editable, early, Beside(args.beside))
+            install_with_pip(python, args.requirements, args.editable)
         else:
             try:
-                install_with_uv(python, args.requirements, args.editable, early, Beside(args.beside))
+                install_with_uv(python, args.requirements, args.editable)
             except InstallError as error:
                 if args.installer == "uv":
                     raise
                 say(f"uv did not work ({error}): installing with pip instead (INSTALLER=pip skips uv)")
-                install_with_pip(python, args.requirements, args.editable, early, Beside(args.beside))
+                install_with_pip(python, args.requirements, args.editable)
     except InstallError as error:
         print(f"install_env: error: {error}", file=sys.stderr)
         return 1
