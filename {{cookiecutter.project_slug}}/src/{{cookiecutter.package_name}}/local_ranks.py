@@ -76,11 +76,8 @@ def run_ranks(command: list[str], environments: list[dict[str, str]]) -> int:
     """Start one process per environment, pass signals on, stop the rest when one fails; the run's exit status.
 
     The ranks are reaped here only (os.waitpid), and signalled by pid while they have not been reaped."""
-    ranks = [
-        subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1", **environment})
-        for environment in environments
-    ]
-    running = {rank.pid: index for index, rank in enumerate(ranks)}
+    ranks: list[subprocess.Popen] = []
+    running: dict[int, int] = {}  # pid -> rank, until reaped
     passed_on: list[int] = []
 
     def send(signum: int) -> None:
@@ -94,10 +91,18 @@ def run_ranks(command: list[str], environments: list[dict[str, str]]) -> int:
         passed_on.append(signum)
         send(signum)
 
+    # Passed on from before the first rank starts, so no signal leaves a rank behind without its launcher.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, pass_on)
+    for environment in environments:
+        if passed_on:  # stopped while starting: start no more
+            break
+        ranks.append(subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1", **environment}))
+        running[ranks[-1].pid] = len(ranks) - 1
+    if passed_on:  # a rank started while the signal was being passed on gets it too
+        send(passed_on[-1])
 
-    status = 0
+    status = 128 + passed_on[0] if passed_on and not running else 0
     while running:
         try:
             pid, wait_status = os.waitpid(-1, 0)
