@@ -74,17 +74,27 @@ def probe(tmp_path):
     return path
 
 
-def test_ranks_on_both_nodes_meet_at_the_first_nodes_address(slurm_cluster, tmp_path, probe):
-    slurm_cluster.require_isolation()
-    job = submit(slurm_cluster, tmp_path, "two-nodes", 2,
+def ddp_on_both_nodes(cluster, tmp_path, name: str, program: str) -> tuple[str, str, int]:
+    """`python <program>` as 4 torch DDP ranks, 2 on each node, started by the launch (isolated nodes only): the
+    job's output, the first node's address and the job's rendezvous port."""
+    cluster.require_isolation()
+    job = submit(cluster, tmp_path, name, 2,
                  f"{launch('--nodes', '2', '--backend', 'torch_ddp')} srun --nodes=2 --ntasks-per-node=2 "
-                 f"{sys.executable} {probe}")
-    wait(slurm_cluster, [job])
-    out = (tmp_path / "two-nodes.out").read_text()
-    address, port = slurm_cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
+                 f"{sys.executable} {program}")
+    wait(cluster, [job])
+    return (tmp_path / f"{name}.out").read_text(), cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
+
+
+def ranks_on_both_nodes(address: str, port: int) -> list[tuple[str, ...]]:
+    """RANK_LINE's fields of the 4 ranks: 2 per node, each summing 0+1+2+3, met at `address`:`port`."""
+    return [(str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)]
+
+
+def test_ranks_on_both_nodes_meet_at_the_first_nodes_address(slurm_cluster, tmp_path, probe):
+    out, address, port = ddp_on_both_nodes(slurm_cluster, tmp_path, "two-nodes", str(probe))
     assert f"rendezvous: MASTER_ADDR={address} (first node nid001) MASTER_PORT={port}" in out, out
     ranks = sorted(RANK_LINE.findall(out))  # ranks on two nodes share one output file: lines may run together
-    assert ranks == [(str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)], out
+    assert ranks == ranks_on_both_nodes(address, port), out
 
 
 # The project's own DDP start (backends.py: ddp_environment and rendezvous_store), and what listens on MASTER_PORT in
@@ -116,18 +126,11 @@ BACKENDS = Path(__file__).parents[1] / "{{cookiecutter.project_slug}}/src/{{cook
 def test_the_projects_ddp_store_listens_on_the_first_nodes_address_only(slurm_cluster, tmp_path):
     """`launcher: srun` with torch DDP: rank 0 hosts the ranks' store on MASTER_ADDR (the first node's address),
     not on every interface as torch's own env:// rendezvous would."""
-    slurm_cluster.require_isolation()
     probe = tmp_path / "store_probe.py"
     probe.write_text(STORE_PROBE)
-    job = submit(slurm_cluster, tmp_path, "store", 2,
-                 f"{launch('--nodes', '2', '--backend', 'torch_ddp')} srun --nodes=2 --ntasks-per-node=2 "
-                 f"{sys.executable} {probe} {BACKENDS}")
-    wait(slurm_cluster, [job])
-    out = (tmp_path / "store.out").read_text()
-    address, port = slurm_cluster.node_address("nid001"), slurm_launch.rendezvous_port(job)
+    out, address, port = ddp_on_both_nodes(slurm_cluster, tmp_path, "store", f"{probe} {BACKENDS}")
     assert re.findall(r"store listens at ([\w.:]+) on (nid\d+)", out) == [(f"{address}:{port}", "nid001")], out
-    assert sorted(RANK_LINE.findall(out)) == [
-        (str(r), "4", "nid001" if r < 2 else "nid002", "6", f"{address}:{port}") for r in range(4)], out
+    assert sorted(RANK_LINE.findall(out)) == ranks_on_both_nodes(address, port), out
 
 
 def test_torchrun_per_node_across_both_nodes(slurm_cluster, tmp_path, probe):

@@ -100,6 +100,12 @@ def test_sigterm_reaches_every_rank():
     assert sorted(re.findall(r"stopped (\d)", output)) == ["0", "1"], output
 
 
+def test_the_launcher_knows_the_packages_backends():
+    from {{ cookiecutter.package_name }} import backends, local_ranks
+
+    assert local_ranks.BACKENDS == tuple(backends.BACKENDS)
+
+
 def test_a_launch_without_a_command_is_refused():
     result = subprocess.run([*LAUNCHER, "--backend", "torch_ddp", "--processes", "2"], capture_output=True, text=True,
                             env=ENV)

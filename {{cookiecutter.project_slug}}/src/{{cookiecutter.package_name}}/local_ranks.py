@@ -26,6 +26,8 @@ import subprocess
 import sys
 import threading
 
+# backends.BACKENDS, written again so that starting the ranks does not import torch (tests/test_local_ranks.py
+# checks the two are equal); free_loopback_port below is backends._free_port for the same reason.
 BACKENDS = ("horovod", "torch_ddp")
 LOOPBACK, LOOPBACK_INTERFACE = "127.0.0.1", "lo"
 # After one rank fails, the others get SIGTERM (they may checkpoint), then SIGKILL after this many seconds.
