@@ -66,7 +66,7 @@ def project_config(profile: str | None = None, **sections) -> dict:
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """The test interpreter's bin/ first on PATH, so snakemake, dvc, papermill and horovodrun resolve."""
+    """The test interpreter's bin/ first on PATH, so snakemake, dvc and papermill resolve."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -1,8 +1,8 @@
 """Real distributed runs of the demo model: Horovod and torch DDP agree, and 2 ranks agree with 1 rank.
 
 One generated project; its pipeline prepares the data (`snakemake data/processed/train.npz`); each run is the
-project's own launch command (`training_command()` from workflow/lib/smkml/launch.py: `horovodrun -np 2 --gloo`,
-`torchrun --standalone --nproc-per-node=2`, or plain `python` for 1 rank) with the config's hyper-parameters
+project's own launch command (`training_command()` from workflow/lib/smkml/launch.py: `python -m <package>.local_ranks
+--processes 2` for either backend, or plain `python` for 1 rank) with the config's hyper-parameters
 (30 epochs, global batch 64, Adam), on CPU with Gloo.
 
 Tolerances (absolute; the numbers are float32):

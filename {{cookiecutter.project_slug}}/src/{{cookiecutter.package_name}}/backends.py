@@ -1,8 +1,9 @@
 """Distributed training backends behind one small interface.
 
-A backend learns rank, size and rendezvous from the environment its launcher created:
-`horovodrun`/`mpirun`/`srun --mpi=...` for Horovod, `torchrun`, `mpirun` or `srun` (SLURM_* variables) for torch DDP;
-the rendezvous of ranks on several nodes (MASTER_ADDR, MASTER_PORT) is set from outside.
+A backend learns rank, size and rendezvous from the environment its launcher created: `local_ranks` (this
+package's local launcher), `mpirun` or `srun --mpi=...` for Horovod; `local_ranks`, `torchrun`, `mpirun` or `srun`
+(SLURM_* variables) for torch DDP. The rendezvous of ranks on several nodes (MASTER_ADDR, MASTER_PORT) is set from
+outside.
 Started without a launcher, both run as a single process.
 
 Each rank trains on one device: GPU `local_rank` (modulo the GPUs it can see) when torch sees a GPU (ROCm builds
