@@ -16,8 +16,8 @@ import yaml
 
 from conftest import BIN_DIR, generate, run
 
-JOBS = ["fetch_data", "start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance",
-        "register_model"]
+JOBS = ["fetch_data", "start_tracking", "prepare_data", "train_model", "evaluate_model", "log_training",
+        "record_provenance", "register_model"]
 
 
 @pytest.fixture(scope="module")

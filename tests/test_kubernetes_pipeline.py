@@ -130,7 +130,7 @@ def test_a_fresh_project_puts_its_host_steps_outputs_in_the_bucket(s3_server, ml
 # servers excepted), so a pod that tried to download anything would fail.
 NO_INDEX = {**OFFLINE, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 # The steps and where they run: local rules on this machine, the others in pods.
-HOST_STEPS = {"fetch_data", "start_tracking", "record_provenance", "register_model"}
+HOST_STEPS = {"fetch_data", "start_tracking", "log_training", "record_provenance", "register_model"}
 POD_STEPS = {"prepare_data", "train_model", "evaluate_model"}
 OUTPUTS = [
     "data/raw/digits.csv", "data/processed/train.npz", "data/processed/test.npz", "results/mlflow/run.json",

@@ -29,7 +29,8 @@ def finished(request, tmp_path_factory):
 
 def test_every_step_ran_and_data_came_from_dvc(finished):
     _, path, first = finished
-    for rule in ("fetch_data", "start_tracking", "prepare_data", "train_model", "evaluate_model"):
+    for rule in ("fetch_data", "start_tracking", "prepare_data", "train_model", "evaluate_model", "log_training",
+                 "record_provenance", "register_model"):
         assert f"(Rule: {rule})" in first.stderr + first.stdout
     dvcfile = yaml.safe_load((path / "data/raw/digits.csv.dvc").read_text())
     digest = hashlib.md5((path / "data/raw/digits.csv").read_bytes()).hexdigest()

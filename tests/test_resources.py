@@ -240,7 +240,7 @@ def test_golden_sbatch_lines_rendered_by_the_slurm_plugin(key):
     assert " ".join(line.split()) == GOLDEN_SBATCH[key]
 
 
-MLFLOW_WRITERS = {"start_tracking", "prepare_data", "train_model", "evaluate_model", "record_provenance", "register_model",
+MLFLOW_WRITERS = {"start_tracking", "log_training", "register_model",
                   "start_member", "train_member", "evaluate_member", "train_pack", "aggregate_sweep", "register_best_member"}
 
 

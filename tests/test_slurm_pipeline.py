@@ -24,7 +24,7 @@ ACCOUNT = "project_465000001"
 RULES = ("prepare_data", "train_model", "evaluate_model")
 # The download from the DVC remote and the bookkeeping steps run where Snakemake runs (localrules), not as Slurm
 # jobs: compute nodes often have no internet.
-LOCAL_RULES = ("fetch_data", "start_tracking", "record_provenance", "register_model")
+LOCAL_RULES = ("fetch_data", "start_tracking", "log_training", "record_provenance", "register_model")
 
 
 BACKENDS = ("horovod", "torch_ddp")

@@ -105,6 +105,14 @@ schemas.check_paths(config)
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]
 RUN_FILE = "results/mlflow/run.json"
+# A step that fails before the run exists notes it here (tracking.FAILURE_NOTE, next to the run file); the workflow
+# marks the run FAILED when it stops (onerror in tracking.smk).
+FAILURE_NOTE = "results/mlflow/failed_before_run.json"
+# What each compute step logs, recorded for the bookkeeping steps that send it to the run (pipeline_run.record).
+RECORDS = {
+    step: f"results/mlflow/records/{step}.json"
+    for step in ("prepare_data", "train_model", "evaluate_model")
+}
 # A registration names a version in the store's model registry: a single run's, or a sweep's best member's.
 REGISTERED_FILE = "results/mlflow/registered_model.json"
 SWEEP_REGISTERED_FILE = "results/sweep/mlflow/registered_model.json"

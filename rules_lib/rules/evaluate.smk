@@ -22,6 +22,7 @@ rule evaluate_model:
             caption="../report/training_curves.rst",
             category="Evaluation",
         ),
+        record=RECORDS["evaluate_model"],
     log:
         "logs/evaluate_model.log",
     conda:
@@ -29,7 +30,6 @@ rule evaluate_model:
     threads: step("evaluate_model").threads
     resources:
         **step("evaluate_model").resources,
-        mlflow_db=1,
     params:
         package=PACKAGE,
     message:
@@ -39,5 +39,5 @@ rule evaluate_model:
         "--metrics {output.metrics:q} --table {output.table:q} "
         "--confusion-plot {output.confusion:q} --history {input.history:q} "
         "--curves-plot {output.curves:q} --predictions {output.predictions:q} "
-        "--run-file {input.run:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
+        "--record {output.record:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking fail "
         "--run-file {input.run:q} --step evaluate_model >> {log:q} 2>&1; exit 1)"

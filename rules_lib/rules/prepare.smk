@@ -13,7 +13,6 @@ rule prepare_data:
     input:
         **({} if PODS else {"notebook": local(NOTEBOOK)}),
         raw=RAW_DATA,
-        run=RUN_FILE,
     output:
         train=f"{PROCESSED_DIR}/train.npz",
         test=f"{PROCESSED_DIR}/test.npz",
@@ -32,6 +31,7 @@ rule prepare_data:
             caption="../report/samples.rst",
             category="Data",
         ),
+        record=RECORDS["prepare_data"],
     log:
         "logs/prepare_data.log",
     conda:
@@ -39,16 +39,19 @@ rule prepare_data:
     threads: step("prepare_data").threads
     resources:
         **step("prepare_data").resources,
-        mlflow_db=1,
     params:
         **({"notebook_sha256": sha256_of(NOTEBOOK)} if PODS else {}),
         # The raw data is checked against its .dvc file before the notebook reads it (a file changed in place), and
-        # its md5 goes on the MLflow run as the data used. Git-tracked, so also in a pod's deployed sources.
+        # its md5 goes in the step's record as the data used. Git-tracked, so also in a pod's deployed sources.
         dvcfile=project_file(f"{RAW_DATA}.dvc"),
         processed_dir=lambda wildcards, output: Path(output.train).parent,
         test_fraction=config["prepare"]["test_fraction"],
         seed=config["prepare"]["seed"],
         package=PACKAGE,
+        # Not an input: the MLflow run is created beside this step (start_tracking), and a failure marks it FAILED
+        # only if it is there by then.
+        run=RUN_FILE,
+        failure_note=FAILURE_NOTE,
         # Where the executed notebook, with the error, is kept when the step fails (Snakemake deletes the outputs
         # of a failed job). Not a `log:` entry: a failed job's logs are printed whole, and a notebook is JSON.
         failed_notebook="logs/prepare_data.ipynb",
@@ -59,15 +62,15 @@ rule prepare_data:
     message:
         "Executing {params.notebook} with papermill"
     shell:
-        "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --run-file {input.run:q} "
+        "python -m {params.package:q}.integrity {params.dvcfile:q} --file {input.raw:q} --record {output.record:q} "
         "> {log:q} 2>&1; "
-        "rm -f {params.failed_notebook:q}; "
+        "rm -f {params.failed_notebook:q} {params.failure_note:q}; "
         "(papermill --no-progress-bar --kernel python3 --start-timeout {params.kernel_start_timeout} "
         "{params.notebook:q} {output.notebook:q} "
         "-r raw_path {input.raw:q} -r processed_dir {params.processed_dir:q} "
-        "-r samples_plot {output.samples:q} -r run_file {input.run:q} "
+        "-r samples_plot {output.samples:q} -r record_file {output.record:q} "
         "-p test_fraction {params.test_fraction:q} -p seed {params.seed:q} && "
         "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q}) >> {log:q} 2>&1 "
         "|| (if [ -f {output.notebook:q} ]; then mv -f {output.notebook:q} {params.failed_notebook:q}; fi; "
-        "python -m {params.package:q}.tracking fail --run-file {input.run:q} --step prepare_data --new-run "
+        "python -m {params.package:q}.tracking fail --run-file {params.run:q} --step prepare_data --new-run "
         "--notebook {params.failed_notebook:q} >> {log:q} 2>&1; exit 1)"

@@ -23,6 +23,7 @@ rule train_model:
     output:
         model="results/model/model.pt",
         history="results/model/history.json",
+        record=RECORDS["train_model"],
     log:
         "logs/train_model.log",
     conda:
@@ -30,7 +31,6 @@ rule train_model:
     threads: TRAIN.threads
     resources:
         **TRAIN.resources,
-        mlflow_db=1,
     params:
         package=PACKAGE,
         probe=lambda wildcards, input: container_probe(TRAIN_CONTAINER),
@@ -50,8 +50,8 @@ rule train_model:
                 input.train,
                 "--out-dir",
                 str(Path(output.model).parent),
-                "--run-file",
-                input.run,
+                "--record",
+                output.record,
                 "--params",
                 json.dumps(config["train"]["hyperparameters"], sort_keys=True),
                 # Not a declared output: Snakemake deletes those when a job fails, and a rerun resumes from here.

@@ -25,7 +25,8 @@ def test_the_run_records_no_credential_and_later_steps_still_connect(tmp_path, m
     text = run_file.read_text()
     assert "SECRET123" not in text
     assert json.loads(text)["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db?token=***"
-    tracking.log_to_run(run_file, metrics={"m": 1.0}, step="test")  # connects with the environment's full URI
+    record = pipeline_run.record(None, "test", metrics={"m": 1.0})
+    tracking.publish(run_file, [record])  # connects with the environment's full URI
     recorded = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data
     assert recorded.params["tracking.uri"] == f"sqlite:///{tmp_path}/mlflow.db?token=***"
     assert recorded.metrics["m"] == 1.0

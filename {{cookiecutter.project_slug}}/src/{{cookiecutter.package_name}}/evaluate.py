@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, model as model_lib, tracking
+from . import data, model as model_lib, pipeline_run, tracking
 
 
 def predict(net: torch.nn.Module, features: np.ndarray) -> np.ndarray:
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predictions", help="CSV of index, label, prediction for every held-out sample")
     parser.add_argument("--history", help="the training's history.json: plot its loss and accuracy per epoch")
     parser.add_argument("--curves-plot", help="where the training curves go (with --history)")
-    parser.add_argument("--run-file")
+    parser.add_argument("--record", help="write the test scores and the outputs to log to this record file; the "
+                        "pipeline's bookkeeping step sends it to the MLflow run")
+    parser.add_argument("--run-file", help="MLflow run id file: send the record to that run at once (a sweep member)")
     args = parser.parse_args(argv)
 
     net, _ = model_lib.load(args.model)
@@ -121,10 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.curves_plot).parent.mkdir(parents=True, exist_ok=True)
         plot_curves(history, Path(args.curves_plot))
         outputs.append(Path(args.curves_plot))
-    if args.run_file:
+    if args.record or args.run_file:
         scalars = {f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
         scalars.update({f"test_f1_class_{c}": s["f1-score"] for c, s in metrics["per_class"].items()})
-        tracking.log_to_run(args.run_file, metrics=scalars, artifacts=outputs)
+        logged = pipeline_run.record(args.record, "evaluate", new=True, metrics=scalars, artifacts=outputs)
+        if args.run_file:
+            tracking.publish(args.run_file, [logged], step="evaluate")
     print(f"accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f} on {metrics['n_test']} held-out samples")
 
 

@@ -4,14 +4,15 @@
     python -m {{ cookiecutter.package_name }}.integrity data/raw/digits.csv.dvc
     # the prepare step, before it reads the file (the copy Snakemake hands it):
     python -m {{ cookiecutter.package_name }}.integrity data/raw/digits.csv.dvc --file data/raw/digits.csv \\
-        --run-file results/mlflow/run.json
+        --record results/mlflow/records/prepare_data.json
 
 DVC does not check by itself: `dvc checkout` copies a corrupted cache object into the workspace without a word, and a
 file changed in place (or by bit rot) is not noticed by Snakemake either when its modification time stays. A
 mismatch stops the step with one `ERROR:` line naming the file, the md5 the `.dvc` file records (expected) and the
 md5 of the bytes found (actual), and the corrupted DVC cache object when that is where the bytes came from; exit 1.
-With `--run-file` the md5 of the data the step goes on to use is set on the pipeline's MLflow run as the tag
-`dvc.md5.<path>`, which the provenance step reads back: the tags record the data used, never only the expected hash.
+With `--record` the md5 of the data the step goes on to use is recorded as the tag `dvc.md5.<path>` for the
+pipeline's MLflow run (`pipeline_run.record`; a new record, which the notebook then adds to), and the provenance step
+reads it back: the tags record the data used, never only the expected hash.
 
 DVC 3 `.dvc` files (`hash: md5`) record the md5 of a file's bytes; older ones (no `hash:`) that of a text file
 with CRLF line ends turned into LF, which this follows; a directory's `<md5>.dir` lists its files, each checked.
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.integrity", description=__doc__.split("\n\n")[0])
     parser.add_argument("dvcfiles", nargs="+", type=Path, help=".dvc files whose data to check")
     parser.add_argument("--file", type=Path, help="check this copy of the (one) output of that name instead")
-    parser.add_argument("--run-file", help="the pipeline's MLflow run: tag it with the md5 of the data used")
+    parser.add_argument("--record", help="start this record file with the md5 of the data used, as tags for the "
+                        "pipeline's MLflow run")
     parser.add_argument("--step", default="prepare", help="the step that uses the data (its Slurm job tag)")
     args = parser.parse_args(argv)
     used = {}
@@ -163,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, md5 in used.items():
         print(f"{name}: md5 {md5}, as its .dvc file records")
-    if args.run_file:
-        import mlflow
-
-        with pipeline_run.resume(args.run_file, step=args.step):
-            mlflow.set_tags({f"{DATA_TAG}{name}": md5 for name, md5 in used.items()})
+    if args.record:
+        pipeline_run.record(
+            args.record, args.step, new=True, tags={f"{DATA_TAG}{name}": md5 for name, md5 in used.items()}
+        )
     return 0
 
 

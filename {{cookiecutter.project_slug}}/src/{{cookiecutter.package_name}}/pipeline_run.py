@@ -1,8 +1,12 @@
 """The pipeline's one MLflow run as its steps see it: the id file `tracking start` writes, and logging into it.
 
-Every step that produces numbers resumes the run by id (`resume`), so params, metrics, artifacts and the model all
-land in one place. Inside a Slurm job a step's job id becomes a tag on the run (`slurm.job_id.<step>`), which the
-provenance step reads back. The run file records the tracking URI without credentials (redaction); the steps
+The pipeline's compute steps (prepare, train, evaluate) do not talk to MLflow: each writes what it logs to a small
+JSON record (`record`: params, metrics, tags, artifact paths, the model), and the bookkeeping steps on the submitting
+host send the records to the run (`tracking publish`, `tracking register`), the training's while evaluation runs. So
+MLflow's imports and its one-writer store stay off the critical path, and a compute step needs no MLflow store.
+Sweep members log at once: they send their record to their own run in the same process (`--run-file`).
+Either way everything lands in one run. Inside a Slurm job a step's job id goes in its record as a tag
+(`slurm.job_id.<step>`), which the provenance step reads back. The run file records the tracking URI without credentials (redaction); the steps
 connect with MLFLOW_TRACKING_URI, which the workflow sets. This module imports nothing of the package but the
 standard-library-only `redaction`: `provenance` and `tracking` build on it.
 """
@@ -12,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,3 +75,50 @@ def resume(run_file: str | Path, step: str | None = None):
             mlflow.MlflowClient().delete_tag(run.info.run_id, FAILED_STEP_TAG)
         mlflow.set_tags(slurm_job_tag(step or Path(sys.argv[0]).stem))
         yield run
+
+
+def empty_record() -> dict:
+    return {"tags": {}, "params": {}, "metrics": [], "artifacts": [], "model": None}
+
+
+def record(
+    path: str | Path | None,
+    step: str,
+    *,
+    new: bool = False,
+    params: dict | None = None,
+    metrics: dict | list | None = None,
+    tags: dict | None = None,
+    artifacts=(),
+    model: dict | None = None,
+) -> dict:
+    """Add what a step logs to its record file and return the whole record. One step may record from several
+    commands (the integrity check, then the notebook): the first passes `new` (what the file held is dropped), the
+    others add to it. Without a path nothing is written (a sweep member publishes the record at once). Standard
+    library only, so a step records without importing MLflow. `metrics`: {name: value}, or (name, value, step)
+    triples (a history); `model`: {"path": the saved model.pt, "example": a few input rows, "dtype"}. Written whole
+    (a temporary file, then renamed): a record is never half-written."""
+    path = Path(path) if path else None
+    data = json.loads(path.read_text()) if path and path.is_file() and not new else empty_record()
+    now = int(time.time() * 1000)
+    data["tags"].update({**slurm_job_tag(step), **(tags or {})})
+    data["params"].update(params or {})
+    items = metrics.items() if isinstance(metrics, dict) else (metrics or [])
+    for item in items:
+        name, value, index = (*item, 0) if len(item) == 2 else item
+        data["metrics"].append([name, float(value), int(index), now])
+    data["artifacts"].extend(str(artifact) for artifact in artifacts)
+    if model is not None:
+        data["model"] = model
+    if path is None:
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
+    os.replace(handle.name, path)
+    return data
+
+
+def read_record(path: str | Path) -> dict:
+    """A record file as `record` writes it."""
+    return {**empty_record(), **json.loads(Path(path).read_text())}

@@ -1,11 +1,12 @@
 """Provenance: everything a number depends on, recorded next to it.
 
 `collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files, as found on
-disk and, read back from the MLflow run, as the prepare step checked and used them: `integrity`), the lockfile hash,
+disk and, read back from the prepare step's record, as that step checked and used them: `integrity`), the lockfile hash,
 the container image digest (when training ran in a container), the Slurm job ids of the steps (when on Slurm), the
-Snakemake version, where the pipeline ran (`where()`) and the config. The pipeline's last steps write it to
-`results/provenance.json`, an HTML table for the Snakemake report, and tags on the MLflow run
-(`python -m {{ cookiecutter.package_name }}.provenance`). The data tags `dvc.md5.<path>` hold the md5 of the data
+Snakemake version, where the pipeline ran (`where()`) and the config. The pipeline's provenance step completes it
+from the steps' records (`complete`: job ids, the data used, the MLflow run id) and writes `results/provenance.json`
+and an HTML table for the Snakemake report (`python -m {{ cookiecutter.package_name }}.provenance`); the register
+step puts it on the MLflow run as tags and an artifact (`record_on_run`). The data tags `dvc.md5.<path>` hold the md5 of the data
 used (else of the file on disk), never only the md5 a `.dvc` file expects.
 """
 
@@ -53,7 +54,7 @@ def git_state(root: Path) -> dict:
 def dvc_data(root: Path) -> dict:
     """Every DVC-tracked file: the md5 its .dvc file records (`md5`), the md5 of the file on disk now
     (`present_md5`, hashed as DVC does; a directory: its recorded md5 when every file in it matches) and whether
-    they match. `used_md5`, the md5 of the data the pipeline's steps used, is filled in from the MLflow run."""
+    they match. `used_md5`, the md5 of the data the pipeline's steps used, is filled in from the steps' records (`complete`)."""
     tracked = {}
     listed = _git(root, "ls-files", "*.dvc")
     dvc_files = [root / name for name in listed.splitlines()] if listed else sorted(root.rglob("*.dvc"))
@@ -205,24 +206,30 @@ def to_html(prov: dict) -> str:
     )
 
 
-def record_on_run(run_file: str | Path, prov: dict) -> None:
-    """Complete `prov` from the pipeline's MLflow run (the Slurm job ids its steps recorded there, the md5 of the
-    data the prepare step checked and used, the run id) and put it on the run: as tags and as the artifact
+def complete(prov: dict, run_file: str | Path | None, records=()) -> dict:
+    """Complete `prov` from the pipeline's run file (the MLflow run id) and the steps' records
+    (`pipeline_run.record`): the Slurm job ids the steps recorded and the md5 of the data the prepare step checked
+    and used. Reads files only: no MLflow."""
+    tag = pipeline_run.SLURM_TAG
+    recorded: dict[str, str] = {}
+    for path in records:
+        recorded.update(pipeline_run.read_record(path)["tags"])
+    prov["slurm"]["job_ids"].update({key[len(tag):]: value for key, value in recorded.items() if key.startswith(tag)})
+    prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
+    for name, entry in prov["data"].items():
+        entry["used_md5"] = recorded.get(f"{integrity.DATA_TAG}{name}") or entry["used_md5"]
+    if run_file:
+        prov["mlflow_run_id"] = pipeline_run.read_run_file(run_file)["run_id"]
+    return prov
+
+
+def record_on_run(prov: dict) -> None:
+    """Put `prov` on the active MLflow run (inside `pipeline_run.resume`): as tags and as the artifact
     provenance.json."""
     import mlflow
 
-    tag = pipeline_run.SLURM_TAG
-    with pipeline_run.resume(run_file, step="provenance") as run:
-        recorded = mlflow.get_run(run.info.run_id).data.tags
-        prov["slurm"]["job_ids"].update(
-            {key[len(tag):]: value for key, value in recorded.items() if key.startswith(tag)}
-        )
-        prov["slurm"]["cluster"] = prov["slurm"]["cluster"] or recorded.get("slurm.cluster")
-        for name, entry in prov["data"].items():
-            entry["used_md5"] = recorded.get(f"{integrity.DATA_TAG}{name}") or entry["used_md5"]
-        prov["mlflow_run_id"] = run.info.run_id
-        mlflow.set_tags(to_tags(prov))
-        mlflow.log_dict(prov, "provenance.json")
+    mlflow.set_tags(to_tags(prov))
+    mlflow.log_dict(prov, "provenance.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,12 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="the workflow config as JSON")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-html", required=True)
-    parser.add_argument("--run-file", help="the pipeline's MLflow run: read the steps' Slurm job ids, write tags")
+    parser.add_argument("--run-file", help="the pipeline's MLflow run id file: its run id goes in the provenance")
+    parser.add_argument("--records", nargs="*", default=[],
+                        help="the steps' records: the Slurm job ids and the md5 of the data used")
     args = parser.parse_args(argv)
 
-    prov = collect(".", config=json.loads(args.config))
-    if args.run_file:
-        record_on_run(args.run_file, prov)
+    prov = complete(collect(".", config=json.loads(args.config)), args.run_file, args.records)
     for path in (args.out_json, args.out_html):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")

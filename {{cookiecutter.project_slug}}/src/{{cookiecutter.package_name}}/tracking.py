@@ -1,8 +1,9 @@
 """MLflow tracking: one run per pipeline.
 
-The first step creates the run, tagged with the pipeline's provenance, and writes its id to a small JSON file;
-every later step that produces numbers resumes that run by id (`resume`, `log_to_run`; see pipeline_run), so params,
-metrics, artifacts and the model all land in one place. The last step registers the model.
+The first step creates the run, tagged with the pipeline's provenance, and writes its id to a small JSON file. The
+compute steps record what they log in JSON records (`pipeline_run.record`); `publish` sends records to the run (the
+bookkeeping steps on the submitting host, or a sweep member's step at once), so params, metrics, artifacts and the
+model all land in one place. The last step puts the provenance on the run and registers the model.
 The tracking URI comes from MLFLOW_TRACKING_URI (the workflow sets it from config/config.yaml); it is recorded and
 printed only without credentials (`redaction`), as are the params.
 """
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 
 from . import provenance
-from .pipeline_run import FAILED_STEP_TAG, read_run_file, resume, slurm_job_tag, tracking_uri
+from .pipeline_run import FAILED_STEP_TAG, read_record, read_run_file, resume, slurm_job_tag, tracking_uri
 from .redaction import redact, redact_uri
 
 
@@ -88,13 +89,36 @@ def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, pa
     return info["run_id"]
 
 
-# The tag naming the step that failed, on a run marked FAILED.
+# A failure noted before the run existed, next to the run file (mark_failed, settle).
+FAILURE_NOTE = "failed_before_run.json"
+
+
+def settle(run_file: str | Path) -> str | None:
+    """Mark the run FAILED for a failure noted before the run existed (`mark_failed`); the note is removed. None
+    when nothing was noted."""
+    note = Path(run_file).with_name(FAILURE_NOTE)
+    if not note.is_file():
+        return None
+    noted = json.loads(note.read_text())
+    outcome = (mark_failed(run_file, noted["step"], noted["new_run"]) if Path(run_file).is_file()
+               else f"step {noted['step']} failed before the MLflow run was created, and no run was created")
+    note.unlink(missing_ok=True)
+    return outcome
+
+
 def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = False) -> str:
     """Mark the run FAILED, with the failing step as tag `pipeline.failed_step`, so the MLflow UI shows what broke
     (a sweep member among its siblings, the pipeline's run). With `new_run` (a step before the run holds its model:
     prepare, train) the run file is removed, so the rerun starts a new run and this one stays FAILED; it is removed
     too when the store no longer has the run (deleted or replaced), since nothing can log to it any more.
-    Returns what happened, in words."""
+    Without a run file yet (the prepare step runs beside the step that creates the run) the failure is noted next to
+    it (`FAILURE_NOTE`) and marked when the run is there (`settle`, which the workflow calls when it stops on an
+    error). Returns what happened, in words."""
+    if not Path(run_file).is_file():
+        note = Path(run_file).with_name(FAILURE_NOTE)
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(json.dumps({"step": step, "new_run": new_run}) + "\n")
+        return f"the MLflow run is still being created: it is marked FAILED once it is (noted in {note})"
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -116,17 +140,54 @@ def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = F
     return outcome
 
 
-def log_to_run(run_file, params: dict | None = None, metrics: dict | None = None, artifacts=(),
-               step: str | None = None) -> None:
-    import mlflow
+# MLflow takes at most this many metrics in one batch (a long training's history is sent in several).
+METRICS_PER_BATCH = 1000
 
-    with resume(run_file, step):
-        if params:
-            mlflow.log_params(flatten(redact(params)))
-        if metrics:
-            mlflow.log_metrics(metrics)
-        for path in artifacts:
-            mlflow.log_artifact(str(path))
+
+def log_model(model: dict):
+    """Log the trained model a record names ({"path", "example", "dtype"}) as the run's model, exported with
+    torch.export (`pt2`) so that it loads and serves without this project's code."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from . import model as model_lib
+
+    net, _ = model_lib.load(model["path"])
+    return mlflow.pytorch.log_model(
+        net,
+        name="model",
+        input_example=np.asarray(model["example"], dtype=model.get("dtype", "float32")),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def publish(run_file: str | Path, records: list, step: str = "publish") -> dict:
+    """Send records (dicts, or paths of record files) to the pipeline's run, in order: tags, params (redacted,
+    flattened), metrics with their steps, artifacts, the model. Returns {"run_id", "model_id"} (None without a
+    model) of what was sent."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    logged = {"run_id": None, "model_id": None, "records": len(records)}
+    with resume(run_file, step) as run:
+        client = mlflow.MlflowClient()
+        logged["run_id"] = run.info.run_id
+        for entry in records:
+            entry = read_record(entry) if isinstance(entry, (str, Path)) else entry
+            if entry["tags"]:
+                mlflow.set_tags(entry["tags"])
+            if entry["params"]:
+                mlflow.log_params(flatten(redact(entry["params"])))
+            metrics = [Metric(name, value, stamp, index) for name, value, index, stamp in entry["metrics"]]
+            for first in range(0, len(metrics), METRICS_PER_BATCH):
+                client.log_batch(run.info.run_id, metrics=metrics[first:first + METRICS_PER_BATCH])
+            for path in entry["artifacts"]:
+                mlflow.log_artifact(str(path))
+            if entry["model"]:
+                logged["model_id"] = log_model(entry["model"]).model_id
+    return logged
 
 
 def latest_logged_model(info: dict):
@@ -176,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     register_cmd.add_argument("--name", required=True, help="registered model name")
     register_cmd.add_argument("--metrics", help="metrics JSON of the evaluate step")
     register_cmd.add_argument("--best", help="a sweep's best.json: its best member's run and metrics")
-    register_cmd.add_argument("--provenance", help="provenance JSON of the run (its tags go on the version)")
+    register_cmd.add_argument("--provenance", help="provenance JSON of the run: put on the run (tags and artifact) "
+                              "and its tags on the version")
+    register_cmd.add_argument("--records", nargs="*", default=[],
+                              help="records to send to the run first (the evaluation's, `publish`)")
     register_cmd.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                               help="another tag on the version (e.g. the sweep's parent run)")
     child_cmd = sub.add_parser("start-child", help="create a sweep member's run under the sweep's parent run")
@@ -184,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     child_cmd.add_argument("--parent-run-file", required=True)
     child_cmd.add_argument("--name", required=True, help="the member id")
     child_cmd.add_argument("--params", required=True, help="JSON file of the member's hyper-parameters")
+    settle_cmd = sub.add_parser("settle", help="mark the run FAILED for a failure noted before it existed")
+    settle_cmd.add_argument("--run-file", required=True)
+    publish_cmd = sub.add_parser("publish", help="send the steps' records to the pipeline's MLflow run")
+    publish_cmd.add_argument("--run-file", required=True)
+    publish_cmd.add_argument("--out", required=True, help="where to write what was sent (run id, model id)")
+    publish_cmd.add_argument("records", nargs="+", help="record files (pipeline_run.record), sent in this order")
     fail_cmd = sub.add_parser("fail", help="mark a run FAILED after a step failed, naming the step")
     fail_cmd.add_argument("--run-file", required=True)
     fail_cmd.add_argument("--step", required=True, help="the step (rule) that failed")
@@ -200,6 +270,18 @@ def main(argv: list[str] | None = None) -> None:
         run_id = start_child(args.out, args.parent_run_file, args.name, json.loads(Path(args.params).read_text()))
         print(f"MLflow run {run_id} for sweep member {args.name}")
         return
+    if args.command == "settle":
+        outcome = settle(args.run_file)
+        if outcome:
+            print(f"error: {outcome}")
+        return
+    if args.command == "publish":
+        logged = publish(args.run_file, args.records)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(logged, indent=2) + "\n")
+        model = f", model {logged['model_id']}" if logged["model_id"] else ""
+        print(f"sent {len(args.records)} record(s) to MLflow run {logged['run_id']}{model}")
+        return
     if args.command == "fail":
         outcome = mark_failed(args.run_file, args.step, args.new_run)
         kept = (f"; the executed notebook, with the error, is kept in {args.notebook}"
@@ -211,7 +293,13 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics = str(Path(args.run_file).parent / "metrics.json")
     if not (args.run_file and args.metrics):
         parser.error("register needs --run-file and --metrics, or --best")
-    tags = provenance.to_tags(json.loads(Path(args.provenance).read_text())) if args.provenance else {}
+    if args.records:
+        publish(args.run_file, args.records, step="register")
+    prov = json.loads(Path(args.provenance).read_text()) if args.provenance else None
+    if prov is not None:
+        with resume(args.run_file, "register"):
+            provenance.record_on_run(prov)
+    tags = provenance.to_tags(prov) if prov is not None else {}
     tags.update(dict(tag.split("=", 1) for tag in args.tag))
     parent = read_run_file(args.run_file).get("parent_run_id")
     if parent:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import backends, checkpoints, data, model as model_lib, tracking
+from . import backends, checkpoints, data, model as model_lib, pipeline_run, tracking
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--params", required=True, help="JSON object of all training hyper-parameters (config train.hyperparameters)"
     )
-    parser.add_argument("--run-file", help="MLflow run id file of the pipeline (rank 0 logs there)")
+    parser.add_argument("--record", help="rank 0 writes what it logs (params, the loss and accuracy per epoch, the "
+                        "model) to this record file; the pipeline's bookkeeping step sends it to the MLflow run")
+    parser.add_argument("--run-file", help="MLflow run id file: rank 0 sends the record to that run at once "
+                        "(a sweep member)")
     parser.add_argument(
         "--checkpoint-dir",
         help="write a checkpoint here every --checkpoint-every steps and resume from it on start "
@@ -369,37 +372,24 @@ def train(
     return backend.unwrap(training.net).cpu(), training.spec, training.history, training.outcome
 
 
-def log_to_mlflow(
-    run_file: str,
-    net: nn.Module,
+def training_record(
+    path: str | None,
+    model_path: Path,
     example: np.ndarray,
     history: list[dict],
     world: int,
     seconds: float,
     resumed_from_step: int = 0,
-):
-    import mlflow
-    from mlflow.entities import Metric
-
-    with tracking.resume(run_file) as run:
-        mlflow.log_params({"train.world_size": world})
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(f"train_{name}", record[name], now, record["epoch"])
-            for record in history
-            for name in ("loss", "accuracy")
-        ]
-        metrics.append(Metric("train_seconds", seconds, now, 0))
-        # A metric, not a parameter: a forced rerun into the same MLflow run may start from another step.
-        metrics.append(Metric("train_resumed_from_step", resumed_from_step, now, 0))
-        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=metrics)
-        mlflow.pytorch.log_model(
-            net,
-            name="model",
-            input_example=example,
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+) -> dict:
+    """What training logs: the world size, the loss and accuracy per epoch (a history, one point per epoch), the
+    time, the step it resumed from (a metric, not a parameter: a forced rerun into the same MLflow run may start from
+    another step) and the saved model with a few input rows (`tracking.log_model`)."""
+    metrics = [(f"train_{name}", entry[name], entry["epoch"]) for entry in history for name in ("loss", "accuracy")]
+    metrics += [("train_seconds", seconds, 0), ("train_resumed_from_step", resumed_from_step, 0)]
+    model = {"path": str(model_path), "example": example.tolist(), "dtype": str(example.dtype)}
+    return pipeline_run.record(
+        path, "train", new=True, params={"train.world_size": world}, metrics=metrics, model=model
+    )
 
 
 def describe(device: torch.device) -> str:
@@ -473,10 +463,13 @@ def main(argv: list[str] | None = None) -> None:
             "history": history,
         }
         (out / "history.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if args.run_file:
-            log_to_mlflow(
-                args.run_file, net, features[:5], history, backend.size, seconds, outcome.resumed_from_step
+        if args.record or args.run_file:
+            logged = training_record(
+                args.record, out / "model.pt", features[:5], history, backend.size, seconds,
+                outcome.resumed_from_step,
             )
+            if args.run_file:
+                tracking.publish(args.run_file, [logged], step="train")
         if checkpointing is not None:
             checkpoints.clear(checkpointing.directory)  # finished: a later run starts afresh
         print(f"saved {out / 'model.pt'} after {seconds:.1f} s", flush=True)
