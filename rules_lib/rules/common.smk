@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 # Where copies of a module's files go when the workflow is used as a Snakemake module from a git repository: one
@@ -193,3 +194,12 @@ schemas.check_training(
     local=vocabulary.scheduler(CLUSTER) == "local",
     cores=len(os.sched_getaffinity(0)),
 )
+
+
+onsuccess:
+    # Snakemake (9.27) arms a one-second re-evaluation timer (a threading.Timer, not a daemon) each time it starts
+    # jobs, and Python waits for the last one before the process exits: every run that did work ended a second late.
+    # The run is done and nothing is left to schedule, so the timers are cancelled.
+    for timer in threading.enumerate():
+        if isinstance(timer, threading.Timer):
+            timer.cancel()

@@ -64,6 +64,28 @@ def test_training_learns_and_is_deterministic(tmp_path, params):
     assert loaded_spec == spec == {"n_features": 8, "n_classes": 3, "hidden_sizes": [16], "dropout": 0.0}
 
 
+def test_training_switches_on_deterministic_kernels_without_loading_the_compiler():
+    """What torch.use_deterministic_algorithms(True) switches on for eager kernels, without its import of
+    torch._inductor (checked in a fresh interpreter: this one may have imported it for another test)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = str(Path(train.__file__).resolve().parents[1])  # also where the package is not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    probe = (
+        "import sys, torch\n"
+        "from {{ cookiecutter.package_name }} import train\n"
+        "train.seed_everything(0, torch.device('cpu'))\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert not torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "print('torch._inductor' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "False"
+
+
 def test_global_batch_must_split_evenly_across_ranks(params):
     features, labels = blobs()
     with pytest.raises(SystemExit, match="batch_size 32 is not divisible by the 3 ranks"):
