@@ -49,7 +49,9 @@ from test_slurm_pipeline import ACCOUNT, cluster_env, slurm_job_ids
 
 pytestmark = pytest.mark.slurm
 
-EPOCHS = 100  # 22 steps each (the demo data, global batch 64): 2 200 steps
+# 22 steps each (the demo data, global batch 64): 6 600 steps, about 15 s of training on this machine, so that the
+# rerun is still training when its node's slurmd comes back (SLURMD_DOWN s after a checkpoint of its own).
+EPOCHS = 300
 EVERY = 50  # steps between checkpoints
 TOTAL = EPOCHS * 22
 CHECKPOINT = "results/checkpoints/train_model/checkpoint.pt"

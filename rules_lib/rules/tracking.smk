@@ -36,7 +36,9 @@ onerror:
     # prepare_data runs beside start_tracking: when it failed before the run was created, it noted the failure,
     # and the run, created since (Snakemake waits for running jobs before this), is marked FAILED now.
     if Path(FAILURE_NOTE).is_file():
-        shell("python -m {PACKAGE:q}.tracking settle --run-file {RUN_FILE:q} || true")
+        shell(
+            "python -m {PACKAGE:q}.tracking settle --run-file {RUN_FILE:q} || true"
+        )
 
 
 rule start_tracking:
