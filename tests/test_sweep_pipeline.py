@@ -5,6 +5,7 @@ an adaptive search of 2 rounds of 3 trials interrupted between its rounds and re
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import statistics
 
@@ -146,6 +147,10 @@ def test_mlflow_parent_with_a_child_per_member_and_the_best_registered(swept):
     assert top.data.tags["sweep.best_member"] == best["member"]
     assert top.data.tags["sweep.best_run_id"] == best["run_id"]
     assert top.data.metrics["best_accuracy"] == pytest.approx(best["value"])
+    # The members trained on the pipeline's prepared data: its record reached the sweep's run.
+    assert top.data.params["data.n_train"] == "1437"
+    assert top.data.tags["dvc.md5.data/raw/digits.csv"] == hashlib.md5(
+        (project / "data/raw/digits.csv").read_bytes()).hexdigest()
     registered = json.loads((project / "results/sweep/mlflow/registered_model.json").read_text())
     assert registered["run_id"] == best["run_id"]
     version = client.get_model_version(registered["name"], str(registered["version"]))

@@ -12,6 +12,9 @@ KERNEL_START_TIMEOUT = 300
 rule prepare_data:
     input:
         **({} if PODS else {"notebook": local(NOTEBOOK)}),
+        # In pods the run file, for the failure handler, comes from the bucket (start_tracking runs on this machine
+        # before any pod starts); elsewhere the step does not wait for it.
+        **({"run": RUN_FILE} if PODS else {}),
         raw=RAW_DATA,
     output:
         train=f"{PROCESSED_DIR}/train.npz",
@@ -48,9 +51,9 @@ rule prepare_data:
         test_fraction=config["prepare"]["test_fraction"],
         seed=config["prepare"]["seed"],
         package=PACKAGE,
-        # Not an input: the MLflow run is created beside this step (start_tracking), and a failure marks it FAILED
-        # only if it is there by then.
-        run=RUN_FILE,
+        # Not an input (but in pods): the MLflow run is created beside this step (start_tracking); a failure before
+        # it exists is noted and marked when Snakemake stops (onerror, tracking.smk).
+        run=lambda wildcards, input: input.get("run", RUN_FILE),
         failure_note=FAILURE_NOTE,
         # Where the executed notebook, with the error, is kept when the step fails (Snakemake deletes the outputs
         # of a failed job). Not a `log:` entry: a failed job's logs are printed whole, and a notebook is JSON.

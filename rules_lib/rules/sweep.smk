@@ -340,6 +340,7 @@ rule aggregate_sweep:
         params=[] if SWEEP_PACKS else member_files("params.json"),
         history=[] if SWEEP_PACKS else member_files("model/history.json"),
         parent=SWEEP_RUN_FILE,
+        records=pipeline_data_record,
     output:
         csv=report(
             f"{SWEEP_DIR}/aggregate.csv",
@@ -382,7 +383,8 @@ rule aggregate_sweep:
         "python -m {params.package:q}.sweep {params.members:q} --metric {params.metric:q} "
         "--direction {params.direction:q} --seed-key {params.seed_key:q} --csv {output.csv:q} "
         "--html {output.html:q} --plot {output.plot:q} --best {output.best:q} "
-        "--parent-run-file {input.parent:q} --sweep-config {params.sweep:q} > {log:q} 2>&1 || (python -m "
+        "--parent-run-file {input.parent:q} --records {input.records:q} --sweep-config {params.sweep:q} "
+        "> {log:q} 2>&1 || (python -m "
         "{params.package:q}.tracking fail --run-file {input.parent:q} --step aggregate_sweep >> {log:q} 2>&1; exit 1)"
 
 

@@ -88,3 +88,14 @@ def data_params(data):
         if data in found:
             return found[data]
     raise WorkflowError(f"{data} is not a data set of this sweep (config sweep:)")
+
+
+def pipeline_data_record(wildcards):
+    """prepare_data's record, when a member trains on the pipeline's prepared data: aggregate_sweep sends it to the
+    sweep's run (the data's sizes, the md5 of the data used), as log_training does for a single run.
+    """
+    default = f"{PROCESSED_DIR}/train.npz"
+    used = any(
+        member_data(member, "train.npz") == default for member in sweep_members()
+    )
+    return [RECORDS["prepare_data"]] if used else []

@@ -174,10 +174,15 @@ def _number(text: str) -> bool:
 
 
 def log_to_parent(run_file: str, rows: list[dict], top: dict, metric: str, artifacts: list[Path],
-                  sweep: dict | None = None) -> None:
+                  sweep: dict | None = None, records=()) -> None:
+    """The aggregate on the sweep's run, after the records of the steps it used (the prepared data's)."""
     import mlflow
 
     from .pipeline_run import resume
+    from .tracking import publish
+
+    if records:
+        publish(run_file, list(records), step="sweep")
 
     with resume(run_file, step="sweep"):
         mlflow.set_tags({"sweep.members": str(len(rows)), "sweep.best_member": top["member"],
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--best", required=True, help="JSON: the best member, its run and metric")
     parser.add_argument("--parent-run-file", help="the sweep's MLflow parent run (gets the aggregate)")
     parser.add_argument("--sweep-config", help="JSON: config `sweep:`, kept on the parent run as sweep_config.json")
+    parser.add_argument("--records", nargs="*", default=[],
+                        help="records to send to the parent run first (the pipeline's prepared data's)")
     args = parser.parse_args(argv)
     if args.packs:
         args.members = packed_members(args.packs)
@@ -226,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.best).write_text(json.dumps(summary, indent=2) + "\n")
     if args.parent_run_file:
         sweep = json.loads(args.sweep_config) if args.sweep_config else None
-        log_to_parent(args.parent_run_file, rows, top, args.metric, outputs + [Path(args.best)], sweep)
+        log_to_parent(args.parent_run_file, rows, top, args.metric, outputs + [Path(args.best)], sweep,
+                      args.records)
     print(f"{len(rows)} members; best by {args.metric} ({args.direction}): {top['member']} "
           f"{top['metrics'][args.metric]:.4f}")
 
