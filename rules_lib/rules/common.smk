@@ -106,8 +106,8 @@ schemas.check_paths(config)
 RAW_DATA = config["data"]["raw"]
 PROCESSED_DIR = config["data"]["processed_dir"]
 RUN_FILE = "results/mlflow/run.json"
-# A step that fails before the run exists notes it here (tracking.FAILURE_NOTE, next to the run file); the workflow
-# marks the run FAILED when it stops (onerror in tracking.smk).
+# A step that fails before the run exists notes it here (`tracking fail --failure-note`); the workflow marks the run
+# FAILED when it stops (onerror in tracking.smk).
 FAILURE_NOTE = "results/mlflow/failed_before_run.json"
 # What each compute step logs, recorded for the bookkeeping steps that send it to the run (pipeline_run.record).
 RECORDS = {

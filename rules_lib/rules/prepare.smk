@@ -76,4 +76,4 @@ rule prepare_data:
         "python -m {params.package:q}.notebook_html {output.notebook:q} {output.notebook_html:q}) >> {log:q} 2>&1 "
         "|| (if [ -f {output.notebook:q} ]; then mv -f {output.notebook:q} {params.failed_notebook:q}; fi; "
         "python -m {params.package:q}.tracking fail --run-file {params.run:q} --step prepare_data --new-run "
-        "--notebook {params.failed_notebook:q} >> {log:q} 2>&1; exit 1)"
+        "--notebook {params.failed_notebook:q} --failure-note {params.failure_note:q} >> {log:q} 2>&1; exit 1)"

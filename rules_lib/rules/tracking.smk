@@ -37,7 +37,7 @@ onerror:
     # and the run, created since (Snakemake waits for running jobs before this), is marked FAILED now.
     if Path(FAILURE_NOTE).is_file():
         shell(
-            "python -m {PACKAGE:q}.tracking settle --run-file {RUN_FILE:q} || true"
+            "python -m {PACKAGE:q}.tracking settle --run-file {RUN_FILE:q} --note {FAILURE_NOTE:q} || true"
         )
 
 
@@ -117,8 +117,9 @@ rule record_provenance:
         "Recording provenance (git, data, lockfile, container, Slurm jobs) for the run and the report"
     shell:
         "python -m {params.package:q}.provenance --config {params.config:q} --run-file {input.run:q} "
-        "--records {input.records:q} --out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1 || (python -m {params.package:q}.tracking "
-        "fail --run-file {input.run:q} --step record_provenance >> {log:q} 2>&1; exit 1)"
+        "--records {input.records:q} --out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1 "
+        "|| (python -m {params.package:q}.tracking fail --run-file {input.run:q} --step record_provenance "
+        ">> {log:q} 2>&1; exit 1)"
 
 
 rule register_model:

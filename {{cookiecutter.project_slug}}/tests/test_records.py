@@ -106,12 +106,13 @@ def test_a_failure_before_the_run_exists_is_marked_once_it_does(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     run_file = tmp_path / "results/mlflow/run.json"
-    said = tracking.mark_failed(run_file, "prepare_data", new_run=True)
-    note = run_file.with_name(tracking.FAILURE_NOTE)
+    note = run_file.with_name("failed_before_run.json")
+    said = tracking.mark_failed(run_file, "prepare_data", new_run=True, note=note)
     assert "still being created" in said and json.loads(note.read_text()) == {"step": "prepare_data", "new_run": True}
     run_id = tracking.start(run_file, "records", {})  # the step beside it creates the run after all
-    assert "is marked FAILED (pipeline.failed_step=prepare_data)" in tracking.settle(run_file)
+    assert "is marked FAILED (pipeline.failed_step=prepare_data)" in tracking.settle(run_file, note)
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["pipeline.failed_step"] == "prepare_data"
     assert not note.exists() and not run_file.exists(), "the rerun starts a run of its own"
-    assert tracking.settle(run_file) is None
+    assert tracking.settle(run_file, note) is None
+    assert "no MLflow run to mark FAILED" in tracking.mark_failed(run_file, "train_model")  # no note asked for

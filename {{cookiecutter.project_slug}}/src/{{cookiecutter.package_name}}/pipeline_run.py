@@ -6,8 +6,8 @@ host send the records to the run (`tracking publish`, `tracking register`), the 
 MLflow's imports and its one-writer store stay off the critical path, and a compute step needs no MLflow store.
 Sweep members log at once: they send their record to their own run in the same process (`--run-file`).
 Either way everything lands in one run. Inside a Slurm job a step's job id goes in its record as a tag
-(`slurm.job_id.<step>`), which the provenance step reads back. The run file records the tracking URI without credentials (redaction); the steps
-connect with MLFLOW_TRACKING_URI, which the workflow sets. This module imports nothing of the package but the
+(`slurm.job_id.<step>`), which the provenance step reads back. The run file records the tracking URI without
+credentials (redaction); the steps connect with MLFLOW_TRACKING_URI, which the workflow sets. This module imports nothing of the package but the
 standard-library-only `redaction`: `provenance` and `tracking` build on it.
 """
 

@@ -1,13 +1,13 @@
 """Provenance: everything a number depends on, recorded next to it.
 
 `collect()` gathers the git commit and dirty flag, the DVC data hashes (as recorded in the `.dvc` files, as found on
-disk and, read back from the prepare step's record, as that step checked and used them: `integrity`), the lockfile hash,
-the container image digest (when training ran in a container), the Slurm job ids of the steps (when on Slurm), the
-Snakemake version, where the pipeline ran (`where()`) and the config. The pipeline's provenance step completes it
+disk and, read back from the prepare step's record, as that step checked and used them: `integrity`), the
+lockfile hash, the container image digest (when training ran in a container), the Slurm job ids of the steps (when
+on Slurm), the Snakemake version, where the pipeline ran (`where()`) and the config. The pipeline's provenance step completes it
 from the steps' records (`complete`: job ids, the data used, the MLflow run id) and writes `results/provenance.json`
 and an HTML table for the Snakemake report (`python -m {{ cookiecutter.package_name }}.provenance`); the register
-step puts it on the MLflow run as tags and an artifact (`record_on_run`). The data tags `dvc.md5.<path>` hold the md5 of the data
-used (else of the file on disk), never only the md5 a `.dvc` file expects.
+step puts it on the MLflow run as tags (`to_tags`) and the artifact provenance.json. The data tags `dvc.md5.<path>`
+hold the md5 of the data used (else of the file on disk), never only the md5 a `.dvc` file expects.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def git_state(root: Path) -> dict:
 def dvc_data(root: Path) -> dict:
     """Every DVC-tracked file: the md5 its .dvc file records (`md5`), the md5 of the file on disk now
     (`present_md5`, hashed as DVC does; a directory: its recorded md5 when every file in it matches) and whether
-    they match. `used_md5`, the md5 of the data the pipeline's steps used, is filled in from the steps' records (`complete`)."""
+    they match. `used_md5`, the md5 of the data the pipeline's steps used, is filled in from the steps' records
+    (`complete`)."""
     tracked = {}
     listed = _git(root, "ls-files", "*.dvc")
     dvc_files = [root / name for name in listed.splitlines()] if listed else sorted(root.rglob("*.dvc"))
@@ -221,15 +222,6 @@ def complete(prov: dict, run_file: str | Path | None, records=()) -> dict:
     if run_file:
         prov["mlflow_run_id"] = pipeline_run.read_run_file(run_file)["run_id"]
     return prov
-
-
-def record_on_run(prov: dict) -> None:
-    """Put `prov` on the active MLflow run (inside `pipeline_run.resume`): as tags and as the artifact
-    provenance.json."""
-    import mlflow
-
-    mlflow.set_tags(to_tags(prov))
-    mlflow.log_dict(prov, "provenance.json")
 
 
 def main(argv: list[str] | None = None) -> None:

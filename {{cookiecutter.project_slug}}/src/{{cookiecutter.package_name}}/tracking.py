@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from . import provenance
-from .pipeline_run import FAILED_STEP_TAG, read_record, read_run_file, resume, slurm_job_tag, tracking_uri
+from .pipeline_run import FAILED_STEP_TAG, read_record, read_run_file, record, resume, slurm_job_tag, tracking_uri
 from .redaction import redact, redact_uri
 
 
@@ -89,14 +89,10 @@ def start_child(run_file: str | Path, parent_run_file: str | Path, name: str, pa
     return info["run_id"]
 
 
-# A failure noted before the run existed, next to the run file (mark_failed, settle).
-FAILURE_NOTE = "failed_before_run.json"
-
-
-def settle(run_file: str | Path) -> str | None:
-    """Mark the run FAILED for a failure noted before the run existed (`mark_failed`); the note is removed. None
-    when nothing was noted."""
-    note = Path(run_file).with_name(FAILURE_NOTE)
+def settle(run_file: str | Path, note: str | Path) -> str | None:
+    """Mark the run FAILED for a failure noted in `note` before the run existed (`mark_failed`); the note is
+    removed. None when nothing was noted."""
+    note = Path(note)
     if not note.is_file():
         return None
     noted = json.loads(note.read_text())
@@ -106,16 +102,19 @@ def settle(run_file: str | Path) -> str | None:
     return outcome
 
 
-def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = False) -> str:
+def mark_failed(run_file: str | Path, step: str | None = None, new_run: bool = False,
+                note: str | Path | None = None) -> str:
     """Mark the run FAILED, with the failing step as tag `pipeline.failed_step`, so the MLflow UI shows what broke
     (a sweep member among its siblings, the pipeline's run). With `new_run` (a step before the run holds its model:
     prepare, train) the run file is removed, so the rerun starts a new run and this one stays FAILED; it is removed
     too when the store no longer has the run (deleted or replaced), since nothing can log to it any more.
-    Without a run file yet (the prepare step runs beside the step that creates the run) the failure is noted next to
-    it (`FAILURE_NOTE`) and marked when the run is there (`settle`, which the workflow calls when it stops on an
+    Without a run file yet (the prepare step runs beside the step that creates the run) the failure is written to
+    `note`, if given, and marked when the run is there (`settle`, which the workflow calls when it stops on an
     error). Returns what happened, in words."""
     if not Path(run_file).is_file():
-        note = Path(run_file).with_name(FAILURE_NOTE)
+        if note is None:
+            return f"no MLflow run to mark FAILED ({run_file} is not there)"
+        note = Path(note)
         note.parent.mkdir(parents=True, exist_ok=True)
         note.write_text(json.dumps({"step": step, "new_run": new_run}) + "\n")
         return f"the MLflow run is still being created: it is marked FAILED once it is (noted in {note})"
@@ -250,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     child_cmd.add_argument("--params", required=True, help="JSON file of the member's hyper-parameters")
     settle_cmd = sub.add_parser("settle", help="mark the run FAILED for a failure noted before it existed")
     settle_cmd.add_argument("--run-file", required=True)
+    settle_cmd.add_argument("--note", required=True, help="where `fail --failure-note` noted the failure")
     publish_cmd = sub.add_parser("publish", help="send the steps' records to the pipeline's MLflow run")
     publish_cmd.add_argument("--run-file", required=True)
     publish_cmd.add_argument("--out", required=True, help="where to write what was sent (run id, model id)")
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     fail_cmd.add_argument("--new-run", action="store_true",
                           help="remove the run file: the rerun starts a new run (the step ran before the model)")
     fail_cmd.add_argument("--notebook", help="where the failed step's executed notebook is kept")
+    fail_cmd.add_argument("--failure-note", help="without a run file yet: note the failure here, for `settle`")
     register_cmd.add_argument("--out", required=True, help="where to write name, version and model URI")
     args = parser.parse_args(argv)
     if args.command == "start":
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"MLflow run {run_id} for sweep member {args.name}")
         return
     if args.command == "settle":
-        outcome = settle(args.run_file)
+        outcome = settle(args.run_file, args.note)
         if outcome:
             print(f"error: {outcome}")
         return
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sent {len(args.records)} record(s) to MLflow run {logged['run_id']}{model}")
         return
     if args.command == "fail":
-        outcome = mark_failed(args.run_file, args.step, args.new_run)
+        outcome = mark_failed(args.run_file, args.step, args.new_run, args.failure_note)
         kept = (f"; the executed notebook, with the error, is kept in {args.notebook}"
                 if args.notebook and Path(args.notebook).is_file() else "")
         print(f"error: step {args.step} failed{kept}; {outcome}")
@@ -293,13 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics = str(Path(args.run_file).parent / "metrics.json")
     if not (args.run_file and args.metrics):
         parser.error("register needs --run-file and --metrics, or --best")
-    if args.records:
-        publish(args.run_file, args.records, step="register")
     prov = json.loads(Path(args.provenance).read_text()) if args.provenance else None
-    if prov is not None:
-        with resume(args.run_file, "register"):
-            provenance.record_on_run(prov)
     tags = provenance.to_tags(prov) if prov is not None else {}
+    # The provenance goes on the run as one more record: its tags, and the file as the artifact provenance.json.
+    on_run = [record(None, "register", tags=tags, artifacts=[args.provenance])] if prov is not None else []
+    if args.records or on_run:
+        publish(args.run_file, [*args.records, *on_run], step="register")
     tags.update(dict(tag.split("=", 1) for tag in args.tag))
     parent = read_run_file(args.run_file).get("parent_run_id")
     if parent:
