@@ -378,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what_if_status is not None and not 0 < args.what_if_status <= 180:
         parser.error("--what-if-status must be more than 0 and at most 180 seconds")
+    if args.what_if_args is not None:
+        try:
+            shlex.split(args.what_if_args)
+        except ValueError as error:
+            parser.error(f"--what-if-args {args.what_if_args!r} cannot be split as a shell would: {error}")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.as_generated and (args.config or args.train_gpus is not None or args.epochs is not None):

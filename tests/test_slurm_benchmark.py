@@ -46,6 +46,7 @@ def test_help_names_the_what_if_options(tmp_path):
     (["--what-if-status", "181"], "--what-if-status must be more than 0 and at most 180 seconds"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--what-if-args", "--groups 'a=b"], "--what-if-args \"--groups 'a=b\" cannot be split as a shell would"),
     (["--as-generated", "--epochs", "5"], "--as-generated takes no --config items, --train-gpus or --epochs"),
 ])
 def test_bad_arguments_stop_before_anything_starts(tmp_path, args, message):
