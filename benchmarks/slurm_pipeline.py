@@ -278,7 +278,8 @@ def snakemake_timeline(output: str) -> dict[str, float]:
         if match:
             stamp = time.mktime(time.strptime(match.group(1), "%a %b %d %H:%M:%S %Y"))
             continue
-        job = re.match(r"^Job (\d+): ", line) or re.match(r"^\s*jobid: (\d+)\s*$", line)
+        # A group job lists its members indented, each with its own stamp and "Job N:" line.
+        job = re.match(r"^Job (\d+): ", line.strip()) or re.match(r"^\s*jobid: (\d+)\s*$", line)
         if job and stamp is not None:
             started.setdefault(job.group(1), stamp)
         done = re.match(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", line)
@@ -309,6 +310,15 @@ def slurm_job_seconds(cluster: MiniLumi, project: Path) -> dict[str, float]:
         if job in ids and elapsed.strip().isdigit():
             seconds[ids[job]] = float(elapsed)
     return seconds
+
+
+def seen_finished(job: str, timeline: dict[str, float]) -> float:
+    """When Snakemake saw a Slurm job finished: the rule's time in the timeline, or for a job group
+    (group_<group>_<member rules>) the latest of its members'; NaN when unknown."""
+    if job in timeline:
+        return timeline[job]
+    members = [seconds for rule, seconds in timeline.items() if job.startswith("group_") and f"_{rule}" in job]
+    return max(members, default=float("nan"))
 
 
 def run_snakemake(
@@ -523,8 +533,8 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
             for rule, sec in result["sbatch_steps_s"].items()
         ))
         say("  per Slurm job, the job's own run (sacct) / seen finished by snakemake: " + ", ".join(
-            f"{rule} {sec:.0f}/{result['snakemake_jobs_s'].get(rule, float('nan')):.0f} s"
-            for rule, sec in sorted(result["slurm_jobs_s"].items())
+            f"{name} {sec:.0f}/{seen_finished(name, result['snakemake_jobs_s']):.0f} s"
+            for name, sec in sorted(result["slurm_jobs_s"].items())
         ))
         say(
             f"pair {n}/{args.repeats} ({' then '.join(order)}): snakemake {result['snakemake_s']:.2f} s, "

@@ -5,6 +5,7 @@ against the Slurm plugin's real executor class."""
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -112,3 +113,40 @@ def test_slurm_job_seconds_from_the_plugin_logs_and_sacct(modules, tmp_path):
     assert calls[0][:6] == ["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw"]
     assert sorted(calls[0][-1].split(",")) == ["4", "5", "6"]
     assert modules.pipeline.slurm_job_seconds(Cluster(), tmp_path / "none") == {}
+
+
+GROUP_OUTPUT = """\
+[Wed Dec  2 13:46:52 2026]
+Job 2: Pulling data/raw/digits.csv from the DVC remote
+[Wed Dec  2 13:46:53 2026]
+Finished jobid: 2 (Rule: fetch_data)
+[Wed Dec  2 13:46:58 2026] Group job pipeline (jobs in lexicogr. order):
+
+    [Wed Dec  2 13:46:58 2026]
+    Job 5: Evaluating results/model/model.pt on the held-out split
+    Reason: Missing output files: results/metrics.json
+
+    [Wed Dec  2 13:46:58 2026]
+    Job 1: Executing notebooks/prepare.ipynb with papermill
+
+    [Wed Dec  2 13:46:58 2026]
+    Job 3: Training with horovod on 1 rank(s)
+Job 9a3ed766-c200-5726-9e3a-2ad95a979508 has been submitted with SLURM jobid 4 (log: logs/slurm/group_x/4.log).
+[Wed Dec  2 13:47:43 2026]
+Finished jobid: 1 (Rule: prepare_data)
+[Wed Dec  2 13:47:43 2026]
+Finished jobid: 3 (Rule: train_model)
+[Wed Dec  2 13:47:43 2026]
+Finished jobid: 5 (Rule: evaluate_model)
+"""
+
+
+def test_timeline_of_a_job_group_from_snakemake_output(modules):
+    """A job group's members are listed indented under the group's line (Snakemake 9.27's output, trimmed): each
+    is timed from the group's submission, and the group's Slurm job is seen finished with its last member."""
+    timeline = modules.pipeline.snakemake_timeline(GROUP_OUTPUT)
+    assert timeline == {"fetch_data": 1.0, "evaluate_model": 45.0, "prepare_data": 45.0, "train_model": 45.0}
+    group = "group_pipeline_evaluate_model_prepare_data_train_model"
+    assert modules.pipeline.seen_finished(group, timeline) == 45.0
+    assert modules.pipeline.seen_finished("prepare_data", {"prepare_data": 19.0}) == 19.0
+    assert math.isnan(modules.pipeline.seen_finished("group_other_rule", timeline))  # no member known
