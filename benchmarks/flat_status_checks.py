@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import sys
 
+USAGE = "python benchmarks/flat_status_checks.py SECONDS [snakemake arguments ...]"
+MAX_WAIT_S = 180  # the plugin's own cap on its wait between status checks (max_sleep_time)
+
 
 def flat_status_checks(seconds: float) -> None:
     """Make every wait between two status checks of the Slurm executor `seconds` long."""
@@ -33,15 +36,16 @@ def flat_status_checks(seconds: float) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         seconds = float(argv[0])
     except ValueError:
         print(f"flat_status_checks.py: SECONDS must be a number, not {argv[0]!r}", file=sys.stderr)
         return 2
-    if not 0 < seconds <= 180:
-        print(f"flat_status_checks.py: SECONDS must be more than 0 and at most 180, not {argv[0]}", file=sys.stderr)
+    if not 0 < seconds <= MAX_WAIT_S:
+        print(f"flat_status_checks.py: SECONDS must be more than 0 and at most {MAX_WAIT_S}, not {argv[0]}",
+              file=sys.stderr)
         return 2
     flat_status_checks(seconds)
     from snakemake.cli import main as snakemake_main

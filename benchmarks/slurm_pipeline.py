@@ -44,6 +44,7 @@ from pathlib import Path
 
 import yaml
 
+from flat_status_checks import MAX_WAIT_S  # benchmarks/flat_status_checks.py
 from harness import BenchmarkError, base_environment, in_workdir, print_machine, write_json, say  # benchmarks/harness.py
 from pipeline import (  # benchmarks/pipeline.py
     PLUGINS_DIR,
@@ -386,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated project, the cluster and the logs")
     args = parser.parse_args(argv)
-    if args.what_if_status is not None and not 0 < args.what_if_status <= 180:
-        parser.error("--what-if-status must be more than 0 and at most 180 seconds")
+    if args.what_if_status is not None and not 0 < args.what_if_status <= MAX_WAIT_S:
+        parser.error(f"--what-if-status must be more than 0 and at most {MAX_WAIT_S} seconds")
     if args.what_if_args is not None:
         try:
             shlex.split(args.what_if_args)
@@ -472,14 +473,17 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
     extra = ["--config", *args.config] if args.config else []
     snakemake = ["snakemake", "--profile", PROFILE, *extra]
     say(f"Snakemake: {shlex.join(snakemake)}")
-    timed_snakemake = snakemake
+    # Side A of a what-if, and the words that say which one: in the log, the table's title and the JSON.
+    timed_snakemake, what_ifs = snakemake, []
     if args.what_if_status is not None:
         timed_snakemake = [sys.executable, str(FLAT_STATUS), f"{args.what_if_status:g}", *snakemake[1:]]
-        say(f"what-if: the plugin's status checks every {args.what_if_status:g} s")
+        what_ifs.append(f"status checks every {args.what_if_status:g} s")
     if args.what_if_args:
         timed_snakemake = [*timed_snakemake, *shlex.split(args.what_if_args)]
-    if timed_snakemake != snakemake:
-        say(f"what-if, side A runs: {shlex.join(timed_snakemake)}")
+        what_ifs.append(args.what_if_args)
+    what_if = f" ({'; '.join(what_ifs)})" if what_ifs else ""
+    if what_if:
+        say(f"what-if{what_if}, side A runs: {shlex.join(timed_snakemake)}")
 
     the_plan = plan(project, env, PROFILE, args.config)
     reset(project, pristine)
@@ -542,11 +546,6 @@ def measure(args: argparse.Namespace, cluster: MiniLumi, env: dict[str, str], ma
             f"load {os.getloadavg()[0]:.2f}"
         )
 
-    what_if = "; ".join(
-        [*([f"status checks every {args.what_if_status:g} s"] if args.what_if_status else []),
-         *([args.what_if_args] if args.what_if_args else [])]
-    )
-    what_if = f" ({what_if})" if what_if else ""
     figures = [
         figure("pipeline, snakemake --profile lumi" + (" (what-if)" if what_if else ""), smk, "s", None),
         figure("pipeline, one sbatch script", plain, "s", None),
